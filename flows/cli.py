@@ -1,0 +1,128 @@
+"""The `salaudit` command line."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+DEFAULT_MODEL = "builtin:digit-scenes-cnn"
+DEFAULT_DATA = "builtin:digit-scenes"
+DEFAULT_METHODS = "grad,ig,smoothgrad,dance-grad,blur-grad"
+DEFAULT_STORE = "runs/explain"
+
+
+def _settings(items: list[str], what: str) -> dict[str, dict]:
+    """`name.key=value` items -> {name: {key: value}}, values as Python literals."""
+    out: dict[str, dict] = {}
+    for item in items:
+        head, sep, raw = item.partition("=")
+        name, dot, key = head.partition(".")
+        if not (sep and dot and name and key):
+            raise SystemExit(f"salaudit: error: bad {what} {item!r}; write NAME.KEY=VALUE")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="salaudit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("explain", help="compute saliency maps of a data set into a store")
+    e.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
+    e.add_argument("--data", default=DEFAULT_DATA, help=f"data spec (default {DEFAULT_DATA})")
+    e.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated method names")
+    e.add_argument("--limit", type=int, default=16, help="number of samples (default 16)")
+    e.add_argument(
+        "--select",
+        default="random",
+        help="first | random | stratified | correct, or MODE+correct (default random)",
+    )
+    e.add_argument("--store", default=DEFAULT_STORE, help="local path or s3:// URL")
+    e.add_argument("--keep-decoys", action="store_true", help="store decoy populations")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--fresh", action="store_true", help="delete the store's contents first")
+    e.add_argument("--shard-size", type=int, default=16, help="samples per region and chunk")
+    e.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a base method parameter, e.g. ig.n_steps=20 (repeatable)",
+    )
+    e.add_argument(
+        "--decoy",
+        action="append",
+        default=[],
+        metavar="GENERATOR.KEY=VALUE",
+        help="a decoy setting, e.g. dance.eps=0.05 or dance.stride=3 (repeatable)",
+    )
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
+    s.add_argument("--store", default=DEFAULT_STORE)
+    s.add_argument("--sample", type=int, required=True, help="dataset index of the sample")
+    s.add_argument("--out", required=True, help="PNG file to write")
+    return p
+
+
+def _explain(args: argparse.Namespace) -> None:
+    from salaudit.explain import ExplainConfig, explain
+    from salaudit.selection import Selection
+
+    config = ExplainConfig(
+        model=args.model,
+        data=args.data,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        store=args.store,
+        selection=Selection.parse(args.select, args.limit, args.seed),
+        keep_decoys=args.keep_decoys,
+        device=args.device,
+        seed=args.seed,
+        fresh=args.fresh,
+        shard_size=args.shard_size,
+        method_params=_settings(args.param, "--param"),
+        decoy_params=_settings(args.decoy, "--decoy"),
+    )
+    out = explain(config, progress=not args.quiet)
+    print(
+        f"salaudit: {out['samples']} samples x {len(out['methods'])} methods "
+        f"({', '.join(out['methods'])}) on {out['device']}; {out['computed']} map regions "
+        f"computed, the rest were already in the store"
+    )
+    print(
+        f"salaudit: results in {out['store']}  (read with "
+        f"xarray.open_datatree({out['store']!r}, engine='zarr'))"
+    )
+    print(
+        f"salaudit: picture of a sample: salaudit show --store {out['store']} --sample "
+        f"<index> --out sample.png"
+    )
+
+
+def _show(args: argparse.Namespace) -> None:
+    from salaudit.display import show_sample
+
+    names = show_sample(args.store, args.sample, args.out)
+    print(f"salaudit: wrote {args.out} (image and {len(names)} maps: {', '.join(names)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from salaudit.errors import SalauditError
+
+    args = _parser().parse_args(argv)
+    try:
+        {"explain": _explain, "show": _show}[args.command](args)
+    except SalauditError as e:
+        print(f"salaudit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

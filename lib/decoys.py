@@ -1,0 +1,375 @@
+"""DANCE: decoy-enhanced saliency (METHODS.md, papers dance-*.txt).
+
+A decoy x~ of x differs from x only inside a mask M and keeps the layer-l representation F_l
+(almost) unchanged. Masks pack m patches of P x P pixels at stride S, patches of one mask far
+enough apart that no unit of layer l sees two of them. Optimised decoys push the masked pixels up
+(s = +1) or down (s = -1) as far as the representation constraint allows; the blur, constant and
+noise generators are the papers' proxies and controls. A base method's maps of the decoys, with
+the original as one more member of the population, are aggregated per feature by their range
+(or mean).
+
+Units: the L1 reward is in units of the pixel range, the representation penalty in units of
+max|F_l(x)| per image; tau is relative to max|F_l(x)| (starts at 1), and lambda (1e4, ICLR
+table A1) weighs the penalty in these normalised units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .batching import keyed_normal
+from .errors import SalauditError
+from .layers import forward_to, receptive_field
+from .models import PixelModel
+from .saliency import Context
+
+Tensor = torch.Tensor
+GENERATORS = ("dance", "blur", "constant", "noise")
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+INIT_CLAMP = 1e-3
+MAX_LAMBDA = 1e20  # doubling stops here so lambda * excess^2 stays finite in float32
+
+
+@dataclass(frozen=True)
+class DecoyConfig:
+    """One decoy configuration; every base method that uses it shares its decoys.
+
+    Masks: `patch` P, `stride` S, `per_mask` m patches per mask (None: as many as keep a mask
+    within `mask_fraction` of the pixels), patches of one mask at least P + RF - 1 apart (RF the
+    receptive field of `layer`). Optimisation ("dance"): Adam with `lr` on the tanh variables,
+    `steps_per_round` steps a round, at most `max_rounds` rounds (None: three times the rounds
+    tau needs to reach eps, plus 20); success once the penalty is zero at relative tau <= `eps`.
+    Defaults (eps, lr, steps) come from the measured trade-off in docs/decoys.md.
+    """
+
+    generator: str = "dance"
+    layer: str | None = None
+    patch: int = 3
+    stride: int = 1
+    per_mask: int | None = None
+    mask_fraction: float = 0.05
+    eps: float = 0.1
+    lr: float = 0.1
+    steps_per_round: int = 1
+    max_rounds: int | None = None
+    lambda0: float = 1e4
+    tau_decay: float = 0.95
+    blur_size: int = 5
+    noise_sigma: float = 0.1
+
+    def __post_init__(self):
+        if self.generator not in GENERATORS:
+            raise SalauditError(
+                f"unknown decoy generator {self.generator!r}; valid: {', '.join(GENERATORS)}"
+            )
+        if not 1 <= self.stride <= self.patch:
+            raise SalauditError(
+                f"decoy stride {self.stride} must be between 1 and the patch size {self.patch} "
+                "so that masks cover every pixel"
+            )
+        if not 0 < self.eps < 1:
+            raise SalauditError(f"decoy eps must be in (0, 1), not {self.eps}")
+
+    def resolved(self, model: PixelModel) -> DecoyConfig:
+        """This config with the layer and m filled in for `model` (the layer checked)."""
+        layer = self.layer or model.default_layer("decoy")
+        model.layer(layer)
+        _, h, w = model.input_shape
+        m = self.per_mask or max(1, int(self.mask_fraction * h * w / self.patch**2))
+        rounds = self.max_rounds or 3 * self.rounds_to_eps() + 20
+        return replace(self, layer=layer, per_mask=m, max_rounds=rounds)
+
+    def rounds_to_eps(self) -> int:
+        """Successful rounds tau needs to fall from 1 to eps."""
+        return math.ceil(math.log(self.eps) / math.log(self.tau_decay))
+
+    def params(self) -> dict:
+        """The parameters that shape this generator's decoys (stored with them)."""
+        keep = {"generator", "layer", "patch", "stride", "per_mask", "mask_fraction", "eps"}
+        keep |= {
+            "dance": {"lr", "steps_per_round", "max_rounds", "lambda0", "tau_decay"},
+            "blur": {"blur_size"},
+            "noise": {"noise_sigma"},
+            "constant": set(),
+        }[self.generator]
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    """n binary masks (n, H, W) and, per mask, its flattened pixel indices (n, L) padded with
+    H * W (a slot past the image that is dropped)."""
+
+    masks: Tensor
+    index: Tensor
+
+    @property
+    def n(self) -> int:
+        return len(self.masks)
+
+
+def _origins(size: int, patch: int, stride: int) -> list[int]:
+    """Patch origins along one axis: every `stride`, plus the last so the border is covered."""
+    last = size - patch
+    found = list(range(0, last + 1, stride))
+    return found if found[-1] == last else [*found, last]
+
+
+def plan_masks(height: int, width: int, patch: int, stride: int, spacing: int, per_mask: int):
+    """Pack the patch positions into masks of at most `per_mask` patches whose origins are at
+    least `spacing` apart (Chebyshev): positions are grouped by origin modulo `spacing`, and
+    each group is dealt round-robin into as few masks as hold it."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for y in _origins(height, patch, stride):
+        for x in _origins(width, patch, stride):
+            groups.setdefault((y % spacing, x % spacing), []).append((y, x))
+    masks = []
+    for key in sorted(groups):
+        members = groups[key]
+        chunks = math.ceil(len(members) / per_mask)
+        for c in range(chunks):
+            m = torch.zeros(height, width, dtype=torch.bool)
+            for y, x in members[c::chunks]:
+                m[y : y + patch, x : x + patch] = True
+            masks.append(m)
+    masks_t = torch.stack(masks)
+    flat = masks_t.flatten(1)
+    size = int(flat.sum(1).max())
+    index = torch.full((len(masks), size), height * width, dtype=torch.long)
+    for i, row in enumerate(flat):
+        idx = torch.nonzero(row).flatten()
+        index[i, : len(idx)] = idx
+    return MaskPlan(masks_t, index)
+
+
+def masks_for(model: PixelModel, config: DecoyConfig) -> MaskPlan:
+    """The mask plan of a resolved config on `model`'s input size."""
+    _, h, w = model.input_shape
+    rf = max(receptive_field(model, config.layer))
+    return plan_masks(h, w, config.patch, config.stride, config.patch + rf - 1, config.per_mask)
+
+
+@dataclass
+class Decoys:
+    """A decoy population: (B, K, C, H, W) and per decoy its mask and sign (0 for the proxies),
+    and per image and decoy the diagnostics."""
+
+    population: Tensor
+    mask_index: Tensor
+    sign: Tensor
+    success: Tensor
+    rep_diff: Tensor
+    mean_shift: Tensor
+    lam: Tensor
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        return {
+            "success": self.success,
+            "representation_difference": self.rep_diff,
+            "mean_abs_shift": self.mean_shift,
+            "lambda": self.lam,
+        }
+
+
+def make_decoys(
+    model: PixelModel, x: Tensor, config: DecoyConfig, ctx: Context | None = None
+) -> Decoys:
+    """The decoys of every image of x under a resolved `config`, all optimised together."""
+    ctx = ctx or Context()
+    plan = masks_for(model, config)
+    plan = MaskPlan(plan.masks.to(x.device), plan.index.to(x.device))
+    if config.generator == "dance":
+        mask_index = torch.arange(plan.n, device=x.device).repeat_interleave(2)
+        sign = torch.tensor([1.0, -1.0], device=x.device).repeat(plan.n)
+        population, lam, success = _optimise(model, x, plan, mask_index, sign, config, ctx)
+    else:
+        mask_index = torch.arange(plan.n, device=x.device)
+        sign = torch.zeros(plan.n, device=x.device)
+        population = _proxy(model, x, plan, config, ctx)
+        lam = torch.full(population.shape[:2], float("nan"), device=x.device)
+        success = None
+    rep_diff = representation_difference(model, config.layer, x, population, ctx.micro_batch)
+    region = plan.masks[mask_index][None, :, None]  # (1, K, 1, H, W)
+    shift = ((population - x[:, None]).abs() * region).sum(dim=(2, 3, 4))
+    mean_shift = shift / (region.sum(dim=(2, 3, 4)) * x.shape[1])
+    if success is None:
+        success = rep_diff <= config.eps
+    return Decoys(population, mask_index, sign, success, rep_diff, mean_shift, lam)
+
+
+def representation_difference(
+    model: PixelModel, layer: str, x: Tensor, population: Tensor, micro_batch: int
+) -> Tensor:
+    """max |F_l(x~) - F_l(x)| / max |F_l(x)| per image and decoy (B, K)."""
+    with torch.no_grad():
+        ref = forward_to(model, layer, x)
+        scale = ref.flatten(1).abs().amax(1).clamp_min(1e-12)
+        b, k = population.shape[:2]
+        flat = population.flatten(0, 1)
+        out = torch.empty(b * k, device=x.device)
+        for s in range(0, b * k, micro_batch):
+            rows = torch.arange(s, min(s + micro_batch, b * k), device=x.device)
+            f = forward_to(model, layer, flat[rows])
+            out[rows] = (f - ref[rows // k]).flatten(1).abs().amax(1) / scale[rows // k]
+    return out.view(b, k)
+
+
+def _proxy(model: PixelModel, x: Tensor, plan: MaskPlan, config: DecoyConfig, ctx: Context):
+    """One decoy per mask: the mask filled with a box blur, the image's mean colour, or x plus
+    Gaussian noise (clipped to the range)."""
+    lo, hi = model.value_range
+    if config.generator == "blur":
+        k = config.blur_size
+        fill = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)[:, None]
+    elif config.generator == "constant":
+        fill = x.mean(dim=(2, 3), keepdim=True)[:, None].expand(-1, plan.n, -1, *x.shape[2:])
+    else:
+        keys = [f"{key}/decoy-noise/{j}" for key in ctx.keys_for(len(x)) for j in range(plan.n)]
+        noise = keyed_normal(keys, tuple(x.shape[1:]), x.device).view(len(x), plan.n, *x.shape[1:])
+        fill = (x[:, None] + config.noise_sigma * (hi - lo) * noise).clamp(lo, hi)
+    return torch.where(plan.masks[None, :, None], fill, x[:, None])
+
+
+class _State:
+    """Optimisation state of all decoy rows: tanh variables on the masked pixels (R, C, L),
+    Adam moments and steps, lambda, relative tau, rounds, success and the last feasible
+    variables."""
+
+    def __init__(self, start: Tensor, lambda0: float):
+        rows, dev = start.shape[0], start.device
+        unit = start.clamp(INIT_CLAMP, 1 - INIT_CLAMP)
+        self.value = torch.atanh(2 * unit - 1)
+        self.feasible = self.value.clone()
+        self.m1 = torch.zeros_like(self.value)
+        self.m2 = torch.zeros_like(self.value)
+        self.steps = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.rounds = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.lam = torch.full((rows,), lambda0, device=dev)
+        self.tau = torch.ones(rows, device=dev)
+        self.success = torch.zeros(rows, dtype=torch.bool, device=dev)
+
+
+def _optimise(
+    model: PixelModel,
+    x: Tensor,
+    plan: MaskPlan,
+    mask_index: Tensor,
+    sign: Tensor,
+    config: DecoyConfig,
+    ctx: Context,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Optimise all decoys of all images (ICLR A6 / preprint eq. 4-5): minimise
+    -||((x~ - x) s)^+||_1 + lambda ||(|F_l(x~) - F_l(x)| - tau)^+||_2^2 over tanh variables.
+
+    Rows stream through a working set of `micro_batch` slots: a finished row's slot is refilled
+    at once, so micro-batches stay full; each row's trajectory depends on its own state only.
+    Returns the population (B, K, C, H, W), final lambdas and success flags (B, K).
+    """
+    lo, hi = model.value_range
+    b, c, h, w = x.shape
+    k = len(mask_index)
+    hw = h * w
+    with torch.no_grad():
+        ref = forward_to(model, config.layer, x)
+    scale = ref.flatten(1).abs().amax(1).clamp_min(1e-12)
+    x_pad = F.pad(x.flatten(2), (0, 1))  # (B, C, HW + 1): the last slot is dropped
+    index = plan.index[mask_index]  # (K, L)
+    valid = index < hw
+    start = x_pad[:, :, index].permute(0, 2, 1, 3).reshape(b * k, c, -1)  # (R, C, L)
+    start = (start - lo) / (hi - lo)
+    state = _State(start, config.lambda0)
+
+    def images(rows: Tensor, value: Tensor) -> Tensor:
+        """Dense x~ for `rows` from their variables."""
+        i, j = rows // k, rows % k
+        pix = lo + (hi - lo) * (torch.tanh(value) + 1) / 2
+        dense = torch.zeros(len(rows), c, hw + 1, device=x.device, dtype=x.dtype)
+        dense.scatter_(2, index[j][:, None].expand(-1, c, -1), pix)
+        return torch.where(
+            plan.masks[mask_index[j]][:, None], dense[:, :, :hw].view(-1, c, h, w), x[i]
+        )
+
+    active = torch.arange(0, 0, device=x.device)
+    queue = torch.arange(b * k, device=x.device)
+    while len(active) or len(queue):
+        free = ctx.micro_batch - len(active)
+        active, queue = torch.cat([active, queue[:free]]), queue[free:]
+        finished = _step(model, config, state, active, images, ref, scale, start, valid, sign, k)
+        active = active[~finished]
+    final = images(torch.arange(b * k, device=x.device), state.feasible)
+    return final.view(b, k, c, h, w), state.lam.view(b, k), state.success.view(b, k)
+
+
+def _step(model, config, state, rows, images, ref, scale, start, valid, sign, k):
+    """One optimiser step for `rows`; rows at a round boundary first settle the round.
+    Returns which rows finished."""
+    i, j = rows // k, rows % k
+    value = state.value[rows].requires_grad_(True)
+    with torch.enable_grad():
+        rep = forward_to(model, config.layer, images(rows, value))
+        dims = tuple(range(1, rep.ndim))  # reduce without flattening: keeps channels_last
+        diff = (rep - ref[i]).abs() / scale[i].view(-1, *[1] * len(dims))
+        worst = diff.detach().amax(dims)
+        boundary = (state.steps[rows] > 0) & (state.steps[rows] % config.steps_per_round == 0)
+        feasible = boundary & (worst <= state.tau[rows])
+        done_now = feasible & (state.tau[rows] <= config.eps * (1 + 1e-6))
+        state.feasible[rows[feasible]] = value.detach()[feasible]
+        state.success[rows[done_now]] = True
+        state.tau[rows[feasible & ~done_now]] *= config.tau_decay
+        failed = rows[boundary & ~feasible]
+        state.lam[failed] = (state.lam[failed] * 2).clamp_max(MAX_LAMBDA)
+        state.rounds[rows[boundary]] += 1
+        finished = done_now | (state.rounds[rows] >= config.max_rounds)
+
+        pix = (torch.tanh(value) + 1) / 2
+        gain = ((pix - start[rows]) * sign[j, None, None]).clamp_min(0)
+        reward = (gain * valid[j][:, None]).sum()
+        excess = (diff - state.tau[rows].view(-1, *[1] * len(dims))).clamp_min(0)
+        penalty = (state.lam[rows] * excess.pow(2).sum(dims)).sum()
+        (g,) = torch.autograd.grad(penalty - reward, value)
+    keep = ~finished
+    _adam(state, rows[keep], g[keep], config.lr)
+    return finished
+
+
+def _adam(state: _State, rows: Tensor, grad: Tensor, lr: float) -> None:
+    b1, b2 = ADAM_BETAS
+    state.steps[rows] += 1
+    t = state.steps[rows].to(grad.dtype).view(-1, 1, 1)
+    m1 = b1 * state.m1[rows] + (1 - b1) * grad
+    m2 = b2 * state.m2[rows] + (1 - b2) * grad * grad
+    state.m1[rows], state.m2[rows] = m1, m2
+    step = lr * (m1 / (1 - b1**t)) / ((m2 / (1 - b2**t)).sqrt() + ADAM_EPS)
+    state.value[rows] = state.value[rows] - step
+
+
+def decoy_saliency(
+    base: Callable[..., Tensor],
+    model: PixelModel,
+    x: Tensor,
+    target: Tensor,
+    decoys: Decoys,
+    ctx: Context | None = None,
+) -> Tensor:
+    """The base method's maps of the population with the original first: (B, K + 1, C, H, W)."""
+    ctx = ctx or Context()
+    b, k = decoys.population.shape[:2]
+    rows = torch.cat([x[:, None], decoys.population], 1).flatten(0, 1)
+    keys = [f"{key}/decoy{j}" for key in ctx.keys_for(b) for j in range(k + 1)]
+    maps = base(model, rows, target.repeat_interleave(k + 1), ctx.with_keys(keys))
+    return maps.view(b, k + 1, *x.shape[1:])
+
+
+def aggregate(maps: Tensor, how: str) -> Tensor:
+    """Per feature over the population (dim 1): range (max - min) or mean."""
+    if how == "range":
+        return maps.amax(1) - maps.amin(1)
+    if how == "mean":
+        return maps.mean(1)
+    raise SalauditError(f"unknown decoy aggregation {how!r}; valid: range, mean")

@@ -1,0 +1,9 @@
+"""Errors salaudit raises for bad input: never retried, always saying what to do."""
+
+
+class SalauditError(ValueError):
+    """Bad input or a refused operation; the message names the problem and the fix."""
+
+
+class StoreConflict(SalauditError):
+    """The store holds results that the requested run would contradict."""

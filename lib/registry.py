@@ -1,0 +1,148 @@
+"""Method names -> methods, so configs, the CLI and tasks name methods by string.
+
+Base methods (`grad`, `ig`, ...) and their decoy-enhanced forms `dance-<base>` (optimised decoys,
+range aggregation), `dance-mean-<base>`, `blur-<base>`, `constant-<base>`, `noise-<base>`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from . import saliency
+from .decoys import DecoyConfig, aggregate, decoy_saliency, make_decoys
+from .errors import SalauditError
+from .models import PixelModel
+from .saliency import Context
+
+BASE_METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "grad": saliency.grad,
+    "gradxinput": saliency.gradxinput,
+    "ig": saliency.ig,
+    "smoothgrad": saliency.smoothgrad,
+    "vargrad": saliency.vargrad,
+    "sgrange": saliency.sgrange,
+    "expgrad": saliency.expgrad,
+    "intuniform": saliency.intuniform,
+    "gradcam": saliency.gradcam,
+}
+# prefix -> (decoy generator, aggregation); longest prefix first
+DECOY_PREFIXES = {
+    "dance-mean": ("dance", "mean"),
+    "dance": ("dance", "range"),
+    "blur": ("blur", "range"),
+    "constant": ("constant", "range"),
+    "noise": ("noise", "range"),
+}
+HIDDEN_PARAMS = {"model", "x", "target", "ctx", "baseline"}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named saliency method: a base method with its parameters, optionally enhanced with
+    decoys of one configuration and aggregated by range or mean."""
+
+    name: str
+    base: str
+    fn: Callable[..., torch.Tensor] = field(repr=False)
+    params: dict = field(default_factory=dict)
+    decoys: DecoyConfig | None = None
+    aggregation: str | None = None
+
+    def resolved(self, model: PixelModel) -> Method:
+        """Defaults that depend on the model (layers, mask packing) filled in and checked."""
+        params = dict(self.params)
+        if "layer" in params:
+            params["layer"] = params["layer"] or model.default_layer("gradcam")
+            model.layer(params["layer"])
+        decoys = self.decoys.resolved(model) if self.decoys else None
+        return replace(self, params=params, decoys=decoys)
+
+    def store_params(self) -> dict:
+        """What the store records with the map (JSON-serialisable)."""
+        out = {"method": self.name, "base": self.base, **self.params}
+        if self.decoys:
+            out["aggregation"] = self.aggregation
+            out["decoys"] = self.decoys.params()
+        return out
+
+    def base_call(self, model: PixelModel, x, target, ctx: Context) -> torch.Tensor:
+        return self.fn(model, x, target, ctx, **self.params)
+
+    def __call__(self, model: PixelModel, x, target, ctx: Context | None = None) -> torch.Tensor:
+        """The attribution of x for `target` (decoys generated on the way if enhanced)."""
+        ctx = ctx or Context()
+        if self.decoys is None:
+            return self.base_call(model, x, target, ctx)
+        decoys = make_decoys(model, x, self.decoys, ctx)
+        return self.aggregate(self.decoy_maps(model, x, target, decoys, ctx))
+
+    def decoy_maps(self, model, x, target, decoys, ctx: Context) -> torch.Tensor:
+        """The base method's maps over the population, original first (B, K + 1, ...)."""
+        return decoy_saliency(self.base_call, model, x, target, decoys, ctx)
+
+    def aggregate(self, maps: torch.Tensor) -> torch.Tensor:
+        return aggregate(maps, self.aggregation)
+
+
+def method_names() -> list[str]:
+    """Every valid method name."""
+    return list(BASE_METHODS) + [f"{p}-{b}" for p in DECOY_PREFIXES for b in BASE_METHODS]
+
+
+def get_method(name: str, params: dict | None = None, decoys: dict | None = None) -> Method:
+    """The method called `name`, with base parameters `params` and decoy settings `decoys`
+    (for decoy-enhanced names); unknown names or parameters raise an error listing the valid
+    ones."""
+    base, generator, how = name, None, None
+    for prefix, (gen, agg) in DECOY_PREFIXES.items():
+        if name.startswith(prefix + "-") and name[len(prefix) + 1 :] in BASE_METHODS:
+            base, generator, how = name[len(prefix) + 1 :], gen, agg
+            break
+    if base not in BASE_METHODS:
+        raise SalauditError(
+            f"unknown method {name!r}; valid: {', '.join(BASE_METHODS)}, and decoy-enhanced "
+            f"<prefix>-<base> with prefix one of {', '.join(DECOY_PREFIXES)} (e.g. dance-ig)"
+        )
+    fn = BASE_METHODS[base]
+    full = _with_defaults(fn, params or {}, name)
+    config = None
+    if generator:
+        try:
+            config = DecoyConfig(generator=generator, **(decoys or {}))
+        except TypeError as e:
+            raise SalauditError(f"bad decoy settings for {name}: {e}") from None
+    elif decoys:
+        raise SalauditError(f"{name} uses no decoys; decoy settings apply to dance-*, blur-*, ...")
+    return Method(name, base, fn, full, config, how)
+
+
+def external_method(
+    name: str,
+    fn: Callable[..., torch.Tensor],
+    decoys: DecoyConfig | None = None,
+    aggregation: str = "range",
+) -> Method:
+    """A method from any callable `(model, x, target) -> attribution` (a Captum method, say),
+    optionally decoy-enhanced."""
+    return Method(
+        name,
+        name,
+        lambda model, x, target, ctx: fn(model, x, target),
+        decoys=decoys,
+        aggregation=aggregation if decoys else None,
+    )
+
+
+def _with_defaults(fn: Callable, params: dict, name: str) -> dict:
+    signature = inspect.signature(fn)
+    allowed = {k: p.default for k, p in signature.parameters.items() if k not in HIDDEN_PARAMS}
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise SalauditError(
+            f"unknown parameter(s) {sorted(unknown)} for {name}; valid: {sorted(allowed) or 'none'}"
+        )
+    return {**allowed, **params}

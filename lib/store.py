@@ -1,0 +1,212 @@
+"""The store: a Zarr v3 group at a local path or s3:// URL (DESIGN.md's contract).
+
+Groups `inputs`, `maps`, `decoys/<generator>` (with `saliency/<base>`); arrays chunked along
+samples so that one writer owns whole chunks; a JSON done-marker per written region under
+`_salaudit/done/`. The store's identity (model and data fingerprints, sample selection, seed)
+is fixed at creation: adding methods is allowed, contradicting what is stored is refused unless
+the run starts afresh. Metadata is consolidated after every template change so plain xarray
+reads it without listing the store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .errors import StoreConflict
+from .io import filesystem, is_remote, storage_options_for
+
+IDENTITY_KEYS = ("model_fingerprint", "data_fingerprint", "selection", "seed")
+MARKERS = "_salaudit/done"
+CHUNK_BYTES = 16 * 2**20
+
+
+class Store:
+    """A run's results at `url` (opened with `Store.open`)."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = url.rstrip("/")
+        self.options = storage_options_for(self.url, storage_options)
+        self.fs, self.path = filesystem(self.url, storage_options)
+
+    # --- opening and identity -------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        identity: dict[str, Any],
+        attrs: dict[str, Any] | None = None,
+        *,
+        fresh: bool = False,
+        storage_options: dict | None = None,
+    ) -> Store:
+        """Open or create the store, refusing one that holds another run's results (another
+        model, data, selection or seed) unless `fresh`, which deletes what is there."""
+        store = cls(url, storage_options)
+        if store.exists() and fresh:
+            store.fs.rm(store.path, recursive=True)
+        if store.exists():
+            store.check_identity(identity)
+        else:
+            root = zarr.open_group(store._zarr(), mode="w", zarr_format=3)
+            root.attrs.update({**(attrs or {}), **identity})
+            store.consolidate()
+        return store
+
+    def exists(self) -> bool:
+        return self.fs.exists(f"{self.path}/zarr.json")
+
+    def root(self, mode: str = "r+") -> zarr.Group:
+        """The root group, read without the consolidated metadata (that is for readers)."""
+        return zarr.open_group(
+            self._zarr(read_only=mode == "r"), mode=mode, zarr_format=3, use_consolidated=False
+        )
+
+    def attrs(self) -> dict:
+        return dict(self.root("r").attrs)
+
+    def check_identity(self, identity: dict[str, Any]) -> None:
+        stored = self.attrs()
+        for key in IDENTITY_KEYS:
+            if key in identity and _jsonable(stored.get(key)) != _jsonable(identity[key]):
+                raise StoreConflict(
+                    f"store {self.url} holds results for {key} = {stored.get(key)!r}, this run "
+                    f"has {identity[key]!r}; use another store, or --fresh to delete it and "
+                    "start over"
+                )
+
+    def _zarr(self, read_only: bool = False):
+        if is_remote(self.url):
+            return zarr.storage.FsspecStore.from_url(
+                self.url, storage_options=self.options or None, read_only=read_only
+            )
+        return zarr.storage.LocalStore(self.path, read_only=read_only)
+
+    def consolidate(self) -> None:
+        """Rewrite the consolidated metadata (after the template changed)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(self._zarr(), zarr_format=3)
+
+    # --- templates ------------------------------------------------------------------------
+
+    def require_array(
+        self,
+        path: str,
+        shape: tuple[int, ...],
+        dims: tuple[str, ...],
+        dtype: str,
+        chunks: tuple[int, ...],
+        attrs: dict | None = None,
+        fill_value: Any = None,
+    ) -> zarr.Array:
+        """Create the array at `path` unless it exists with the same attributes; an existing
+        one with other attributes (a method's parameters) is a conflict."""
+        group_path, _, name = path.rpartition("/")
+        group = self.root().require_group(group_path) if group_path else self.root()
+        attrs = _jsonable(attrs or {})
+        if name in group.array_keys():
+            arr = group[name]
+            stored = {k: v for k, v in arr.attrs.items() if k in attrs}
+            if stored != attrs or arr.shape != shape:
+                raise StoreConflict(
+                    f"store {self.url} holds {path} computed with {stored} (shape {arr.shape}); "
+                    f"this run asks for {attrs} (shape {shape}); use another store, or --fresh "
+                    "to delete it and start over"
+                )
+            return arr
+        if fill_value is None:
+            fill_value = np.nan if np.dtype(dtype).kind == "f" else 0
+        return group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill_value,
+            dimension_names=dims,
+            attributes=attrs,
+        )
+
+    def check_array(self, path: str, attrs: dict, shape: tuple[int, ...]) -> None:
+        """Raise StoreConflict if `path` exists with other attributes or shape (writes nothing)."""
+        try:
+            arr = self.root("r")[path]
+        except KeyError:
+            return
+        attrs = _jsonable(attrs)
+        stored = {k: v for k, v in arr.attrs.items() if k in attrs}
+        if stored != attrs or tuple(arr.shape) != tuple(shape):
+            raise StoreConflict(
+                f"store {self.url} holds {path} computed with {stored} (shape {arr.shape}); this "
+                f"run asks for {attrs} (shape {shape}); use another store, or --fresh to delete "
+                "it and start over"
+            )
+
+    def require_coordinate(
+        self, group: str, name: str, values: np.ndarray, dim: str | None = None
+    ) -> None:
+        """A 1-D coordinate array `name` along `dim` (default: its own name) in `group`,
+        written once."""
+        arr = self.require_array(
+            f"{group}/{name}", values.shape, (dim or name,), str(values.dtype), values.shape
+        )
+        if not arr.nchunks_initialized:
+            arr[:] = values
+
+    # --- region writes and done-markers ----------------------------------------------------
+
+    def write(self, path: str, start: int, values: np.ndarray) -> None:
+        """Write `values` into the array at `path` from sample `start` on."""
+        arr = self.root()[path]
+        arr[start : start + len(values)] = values
+
+    def read(self, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.root("r")[path][start:stop]
+
+    def _marker(self, stage: str, start: int, stop: int) -> str:
+        return f"{self.path}/{MARKERS}/{stage}/{start:09d}-{stop:09d}.json"
+
+    def mark_done(self, stage: str, start: int, stop: int, info: dict | None = None) -> None:
+        """Record that `stage` wrote samples [start, stop) completely."""
+        body = {"stage": stage, "start": start, "stop": stop, "time": time.time(), **(info or {})}
+        path = self._marker(stage, start, stop)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # a no-op on object storage
+        self.fs.pipe_file(path, json.dumps(_jsonable(body)).encode())
+
+    def is_done(self, stage: str, start: int, stop: int) -> bool:
+        return self.fs.exists(self._marker(stage, start, stop))
+
+    def done_regions(self, stage: str) -> list[tuple[int, int]]:
+        folder = f"{self.path}/{MARKERS}/{stage}"
+        if not self.fs.exists(folder):
+            return []
+        names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
+        regions = [n.removesuffix(".json").split("-") for n in names if n.endswith(".json")]
+        return sorted((int(a), int(b)) for a, b in regions)
+
+
+def population_chunks(shape: tuple[int, ...], itemsize: int = 4) -> tuple[int, ...]:
+    """Chunks of one sample and as many population members as fit in about 16 MiB."""
+    member = int(np.prod(shape[2:])) * itemsize
+    return (1, max(1, min(shape[1], CHUNK_BYTES // max(member, 1))), *shape[2:])
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as it reads back from JSON attributes (tuples become lists, numpy scalars
+    Python numbers)."""
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Iterable):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")

@@ -1,0 +1,3 @@
+"""The salaudit version, recorded in every store."""
+
+__version__ = "0.1.0"
