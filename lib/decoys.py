@@ -167,6 +167,7 @@ class Decoys:
     rep_diff: Tensor
     mean_shift: Tensor
     lam: Tensor
+    passes: Tensor  # forward+backward passes to the layer spent on each decoy
 
     def diagnostics(self) -> dict[str, Tensor]:
         return {
@@ -187,20 +188,20 @@ def make_decoys(
     if config.generator == "dance":
         mask_index = torch.arange(plan.n, device=x.device).repeat_interleave(2)
         sign = torch.tensor([1.0, -1.0], device=x.device).repeat(plan.n)
-        population, lam, success = _optimise(model, x, plan, mask_index, sign, config, ctx)
+        population, lam, success, passes = _optimise(model, x, plan, mask_index, sign, config, ctx)
     else:
         mask_index = torch.arange(plan.n, device=x.device)
         sign = torch.zeros(plan.n, device=x.device)
         population = _proxy(model, x, plan, config, ctx)
         lam = torch.full(population.shape[:2], float("nan"), device=x.device)
-        success = None
+        success, passes = None, torch.zeros(population.shape[:2], dtype=torch.long)
     rep_diff = representation_difference(model, config.layer, x, population, ctx.micro_batch)
     region = plan.masks[mask_index][None, :, None]  # (1, K, 1, H, W)
     shift = ((population - x[:, None]).abs() * region).sum(dim=(2, 3, 4))
     mean_shift = shift / (region.sum(dim=(2, 3, 4)) * x.shape[1])
     if success is None:
         success = rep_diff <= config.eps
-    return Decoys(population, mask_index, sign, success, rep_diff, mean_shift, lam)
+    return Decoys(population, mask_index, sign, success, rep_diff, mean_shift, lam, passes)
 
 
 def representation_difference(
@@ -245,10 +246,12 @@ class _State:
         rows, dev = start.shape[0], start.device
         unit = start.clamp(INIT_CLAMP, 1 - INIT_CLAMP)
         self.value = torch.atanh(2 * unit - 1)
+        self.origin = (torch.tanh(self.value) + 1) / 2  # x as the variables express it
         self.feasible = self.value.clone()
         self.m1 = torch.zeros_like(self.value)
         self.m2 = torch.zeros_like(self.value)
         self.steps = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.passes = torch.zeros(rows, dtype=torch.long, device=dev)
         self.rounds = torch.zeros(rows, dtype=torch.long, device=dev)
         self.lam = torch.full((rows,), lambda0, device=dev)
         self.tau = torch.ones(rows, device=dev)
@@ -263,13 +266,14 @@ def _optimise(
     sign: Tensor,
     config: DecoyConfig,
     ctx: Context,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Optimise all decoys of all images (ICLR A6 / preprint eq. 4-5): minimise
     -||((x~ - x) s)^+||_1 + lambda ||(|F_l(x~) - F_l(x)| - tau)^+||_2^2 over tanh variables.
 
-    Rows stream through a working set of `micro_batch` slots: a finished row's slot is refilled
-    at once, so micro-batches stay full; each row's trajectory depends on its own state only.
-    Returns the population (B, K, C, H, W), final lambdas and success flags (B, K).
+    Each image's decoys go in fixed chunks of `micro_batch` rows, a chunk stepping until all its
+    rows have finished: a decoy's trajectory, with its discrete round decisions, then depends on
+    its image alone, not on which other images share the batch. Returns the population
+    (B, K, C, H, W) and per decoy (B, K) the final lambda, success and passes spent.
     """
     lo, hi = model.value_range
     b, c, h, w = x.shape
@@ -295,21 +299,28 @@ def _optimise(
             plan.masks[mask_index[j]][:, None], dense[:, :, :hw].view(-1, c, h, w), x[i]
         )
 
-    active = torch.arange(0, 0, device=x.device)
-    queue = torch.arange(b * k, device=x.device)
-    while len(active) or len(queue):
-        free = ctx.micro_batch - len(active)
-        active, queue = torch.cat([active, queue[:free]]), queue[free:]
-        finished = _step(model, config, state, active, images, ref, scale, start, valid, sign, k)
-        active = active[~finished]
+    for i in range(b):
+        for first in range(0, k, ctx.micro_batch):
+            active = torch.arange(
+                i * k + first, i * k + min(first + ctx.micro_batch, k), device=x.device
+            )
+            while len(active):
+                finished = _step(model, config, state, active, images, ref, scale, valid, sign, k)
+                active = active[~finished]
     final = images(torch.arange(b * k, device=x.device), state.feasible)
-    return final.view(b, k, c, h, w), state.lam.view(b, k), state.success.view(b, k)
+    return (
+        final.view(b, k, c, h, w),
+        state.lam.view(b, k),
+        state.success.view(b, k),
+        state.passes.view(b, k),
+    )
 
 
-def _step(model, config, state, rows, images, ref, scale, start, valid, sign, k):
+def _step(model, config, state, rows, images, ref, scale, valid, sign, k):
     """One optimiser step for `rows`; rows at a round boundary first settle the round.
     Returns which rows finished."""
     i, j = rows // k, rows % k
+    state.passes[rows] += 1
     value = state.value[rows].requires_grad_(True)
     with torch.enable_grad():
         rep = forward_to(model, config.layer, images(rows, value))
@@ -328,7 +339,9 @@ def _step(model, config, state, rows, images, ref, scale, start, valid, sign, k)
         finished = done_now | (state.rounds[rows] >= config.max_rounds)
 
         pix = (torch.tanh(value) + 1) / 2
-        gain = ((pix - start[rows]) * sign[j, None, None]).clamp_min(0)
+        gain = (pix - state.origin[rows]) * sign[j, None, None]
+        # ((x~ - x) s)^+ with the outward one-sided gradient at 0, where every decoy starts
+        gain = torch.where(gain >= 0, gain, torch.zeros_like(gain))
         reward = (gain * valid[j][:, None]).sum()
         excess = (diff - state.tau[rows].view(-1, *[1] * len(dims))).clamp_min(0)
         penalty = (state.lam[rows] * excess.pow(2).sum(dims)).sum()

@@ -42,7 +42,8 @@ def forward_to(model: PixelModel, layer: str, x: torch.Tensor) -> torch.Tensor:
 
 def receptive_field(model: PixelModel, layer: str, probes: int = 4) -> tuple[int, int]:
     """Height and width of the input window that one spatial unit of `layer` depends on,
-    measured by the support of its gradient over random inputs."""
+    measured by the support of its gradient over random inputs; the whole input for a layer
+    without spatial dimensions."""
     c, h, w = model.input_shape
     device = model.mean.device
     gen = torch.Generator().manual_seed(0)
@@ -50,7 +51,7 @@ def receptive_field(model: PixelModel, layer: str, probes: int = 4) -> tuple[int
     with torch.enable_grad():
         out = forward_to(model, layer, x)
         if out.ndim != 4:
-            raise ValueError(f"layer {layer} output has shape {tuple(out.shape)}, not (B, C, h, w)")
+            return h, w
         cy, cx = out.shape[2] // 2, out.shape[3] // 2
         (grad,) = torch.autograd.grad(out[:, :, cy, cx].sum(), x)
     support = grad.abs().sum(dim=(0, 1)) > 0

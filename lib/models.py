@@ -108,14 +108,20 @@ def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
 
 
 def digit_scenes_cnn(num_classes: int = 10) -> nn.Sequential:
-    """The default model's network: three conv-BN-ReLU-maxpool blocks and a linear head."""
+    """The default model's network: three conv-BN-SiLU-avgpool blocks and a linear head.
+
+    Smooth on purpose: with ReLU and max pooling the integrand of integrated gradients has a
+    kink wherever a unit switches, and 50-step IG misses completeness by 1-5% on half the
+    images; with SiLU and average pooling it is exact to 1e-4 (docs/decoys.md has the numbers),
+    and the network is twice differentiable for the attacks.
+    """
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     channels = (3, 16, 32, 64)
     for i in range(1, 4):
         layers[f"conv{i}"] = nn.Conv2d(channels[i - 1], channels[i], 3, padding=1)
         layers[f"bn{i}"] = nn.BatchNorm2d(channels[i])
-        layers[f"relu{i}"] = nn.ReLU()
-        layers[f"pool{i}"] = nn.MaxPool2d(2)
+        layers[f"act{i}"] = nn.SiLU()
+        layers[f"pool{i}"] = nn.AvgPool2d(2)
     layers["flatten"] = nn.Flatten()
     layers["dropout"] = nn.Dropout(0.3)
     layers["fc"] = nn.Linear(64 * 4 * 4, num_classes)
@@ -135,7 +141,7 @@ class Builtin:
 
 BUILTIN_MODELS = {
     "digit-scenes-cnn": Builtin(
-        digit_scenes_cnn, "digit-scenes", (3, 32, 32), 10, {"decoy": "pool1", "gradcam": "relu3"}
+        digit_scenes_cnn, "digit-scenes", (3, 32, 32), 10, {"decoy": "pool1", "gradcam": "act3"}
     ),
 }
 TORCHVISION_LAYERS = {

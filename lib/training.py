@@ -17,7 +17,7 @@ from torch import nn
 
 from .io import cache_dir
 
-RECIPE_VERSION = "v1"
+RECIPE_VERSION = "v2"
 TRAIN_THREADS = 2
 TRAIN_SEED = 0
 EPOCHS = 6

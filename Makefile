@@ -1,0 +1,30 @@
+# The two commands of the README, each doing its own set-up in a virtualenv (.venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.salaudit-installed
+
+.PHONY: run test test-fast lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)  ## the main job on the embedded default
+	$(VENV)/bin/salaudit explain
+
+test: $(STAMP)  ## every test, slow ones included (what CI runs)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)  ## the everyday tier
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,114 @@
+"""The command line: explain and show, their acceptance runs, and their errors."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import xarray as xr
+from PIL import Image
+
+from salaudit.flows.cli import main
+
+FAST = ["--decoy", "dance.stride=3", "--decoy", "blur.stride=3", "--param", "ig.n_steps=8"]
+
+
+def salaudit(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
+    return subprocess.run(["salaudit", *args], capture_output=True, text=True, timeout=3000)
+
+
+def test_explain_and_show(tmp_path):
+    store = str(tmp_path / "demo")
+    code = main(
+        [
+            "explain",
+            "--methods",
+            "grad,ig,dance-grad",
+            "--limit",
+            "3",
+            "--store",
+            store,
+            "--select",
+            "stratified",
+            "--quiet",
+            *FAST,
+        ]
+    )
+    assert code == 0
+    samples = xr.open_zarr(store, group="maps")["sample"].values
+    png = tmp_path / "s.png"
+    assert main(["show", "--store", store, "--sample", str(samples[0]), "--out", str(png)]) == 0
+    img = np.asarray(Image.open(png))
+    assert img.shape[1] > 3 * img.shape[0] and img.std() > 10  # four panels side by side
+
+
+def test_errors_name_the_problem_and_exit_2(tmp_path, capsys):
+    store = str(tmp_path / "e")
+    assert main(["explain", "--methods", "grad,nope", "--store", store, "--quiet"]) == 2
+    assert "unknown method 'nope'; valid: grad, gradxinput" in capsys.readouterr().err
+    assert main(["explain", "--model", "builtin:vgg", "--store", store, "--quiet"]) == 2
+    assert "valid: builtin:digit-scenes-cnn" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "explain",
+                "--methods",
+                "dance-grad",
+                "--decoy",
+                "dance.layer=pool9",
+                "--store",
+                store,
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "layer 'pool9' is not in model" in capsys.readouterr().err
+    assert main(["explain", "--methods", "grad", "--limit", "2", "--store", store, "--quiet"]) == 0
+    assert main(["show", "--store", store, "--sample", "99999", "--out", "x.png"]) == 2
+    assert "sample 99999 is not in store" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    out = salaudit("explain", "--help")
+    assert out.returncode == 0 and "--keep-decoys" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_acceptance_command(where, tmp_path, request):
+    """The issue's command: six methods, 16 images, decoys kept, read back with xarray."""
+    store = (
+        str(tmp_path / "demo") if where == "local" else request.getfixturevalue("bucket") + "/demo"
+    )
+    out = salaudit(
+        "explain",
+        "--model",
+        "builtin:digit-scenes-cnn",
+        "--data",
+        "builtin:digit-scenes",
+        "--methods",
+        "grad,ig,smoothgrad,dance-grad,dance-ig,blur-ig",
+        "--limit",
+        "16",
+        "--store",
+        store,
+        "--keep-decoys",
+        "--quiet",
+    )
+    assert out.returncode == 0, out.stderr
+    tree = xr.open_datatree(store, engine="zarr")
+    assert set(tree["maps"].ds.data_vars) == {
+        "grad",
+        "ig",
+        "smoothgrad",
+        "dance-grad",
+        "dance-ig",
+        "blur-ig",
+    }
+    assert tree["maps"].ds.sizes["sample"] == 16
+    assert set(tree["decoys/dance/saliency"].ds.data_vars) == {"grad", "ig"}
+    assert set(tree["decoys/blur/saliency"].ds.data_vars) == {"ig"}
+    assert not np.isnan(tree["maps"].ds["dance-ig"].values).any()

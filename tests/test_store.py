@@ -1,0 +1,195 @@
+"""The store contract: written by `explain`, read back with plain xarray, local and on S3."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from salaudit import get_method
+from salaudit.errors import SalauditError, StoreConflict
+from salaudit.explain import ExplainConfig, explain
+from salaudit.saliency import Context
+from salaudit.selection import Selection
+from salaudit.store import Store
+
+METHODS = ["grad", "ig", "dance-grad", "dance-mean-grad", "blur-grad"]
+FAST = {
+    "method_params": {"ig": {"n_steps": 8}},
+    "decoy_params": {"dance": {"stride": 3}, "blur": {"stride": 3}},
+}
+
+
+def run(store, methods=METHODS, n=4, **kw) -> dict:
+    settings = {**FAST, **kw}
+    config = ExplainConfig(
+        model="builtin:digit-scenes-cnn",
+        data="builtin:digit-scenes",
+        methods=methods,
+        store=str(store),
+        selection=Selection("random", n, settings.pop("seed", 0)),
+        device="cpu",
+        **settings,
+    )
+    return explain(config, progress=False)
+
+
+def check_contract(url: str, n: int = 4) -> xr.DataTree:
+    tree = xr.open_datatree(url, engine="zarr")
+    inputs = tree["inputs"].ds
+    assert inputs["image"].dims == ("sample", "channel", "y", "x")
+    assert inputs["image"].shape == (n, 3, 32, 32) and inputs["image"].dtype == np.float32
+    assert inputs["label"].dtype == np.int64 and inputs["prediction"].dims == ("sample",)
+    assert inputs["bbox"].dims == ("sample", "corner")
+    maps = tree["maps"].ds
+    assert set(maps.data_vars) == set(METHODS)
+    for name in METHODS:
+        assert maps[name].dims == ("sample", "channel", "y", "x")
+        assert maps[name].attrs["method"] == name and not np.isnan(maps[name].values).any()
+    assert maps["ig"].attrs["n_steps"] == 8
+    assert maps["dance-grad"].attrs["decoys"]["stride"] == 3
+    dance = tree["decoys/dance"].ds
+    k = dance.sizes["decoy"]
+    assert dance["population"].dims == ("sample", "decoy", "channel", "y", "x")
+    assert dance["population"].shape == (n, k, 3, 32, 32) and k % 2 == 1
+    for diag in ("success", "representation_difference", "mean_abs_shift", "lambda"):
+        assert dance[diag].dims == ("sample", "decoy")
+    assert dance["mask"].values[0] == -1 and set(dance["sign"].values[1:]) == {-1, 1}
+    assert tree["decoys/dance/saliency"].ds["grad"].dims == ("sample", "decoy", "channel", "y", "x")
+    assert tree["decoys/blur"].ds.sizes["decoy"] == (k - 1) // 2 + 1
+    np.testing.assert_array_equal(dance["sample"].values, inputs["sample"].values)
+    attrs = tree.attrs
+    assert {"model_fingerprint", "data_fingerprint", "selection", "salaudit_version"} <= set(attrs)
+    return tree
+
+
+def test_explain_writes_the_contract_locally(tmp_path, model):
+    out = run(tmp_path / "s", keep_decoys=True)
+    assert out["samples"] == 4 and out["computed"] == len(METHODS)
+    tree = check_contract(str(tmp_path / "s"))
+    # maps equal the methods run directly on the stored images
+    x = torch.from_numpy(tree["inputs"].ds["image"].values)
+    target = torch.from_numpy(tree["inputs"].ds["prediction"].values)
+    assert torch.equal(target, model(x).argmax(1))
+    grad = get_method("grad")(model, x, target)
+    assert np.allclose(tree["maps"].ds["grad"].values, grad.numpy(), atol=1e-6)
+    # the population's first member is the image; the range map is its saliency's range
+    dance = tree["decoys/dance"].ds
+    np.testing.assert_array_equal(dance["population"].values[:, 0], x.numpy())
+    sal = tree["decoys/dance/saliency"].ds["grad"].values
+    np.testing.assert_allclose(
+        tree["maps"].ds["dance-grad"].values, sal.max(1) - sal.min(1), atol=1e-6
+    )
+    np.testing.assert_allclose(tree["maps"].ds["dance-mean-grad"].values, sal.mean(1), atol=1e-6)
+
+
+def test_explain_writes_the_contract_to_s3(bucket):
+    url = f"{bucket}/runs/demo"
+    run(url, keep_decoys=True)
+    check_contract(url)
+    assert xr.open_zarr(url, group="maps")["grad"].shape == (4, 3, 32, 32)
+
+
+def test_a_rerun_computes_nothing_and_a_lost_region_is_recomputed(tmp_path):
+    url = tmp_path / "s"
+    run(url, methods=["grad", "ig"], n=6, shard_size=2)
+    before = xr.open_zarr(url, group="maps", chunks=None)["ig"].values
+    assert run(url, methods=["grad", "ig"], n=6, shard_size=2)["computed"] == 0
+    store = Store(str(url))
+    store.fs.rm(store._marker("maps/ig", 2, 4))
+    store.write("maps/ig", 2, np.zeros((2, 3, 32, 32), np.float32))  # a crash mid-region
+    assert run(url, methods=["grad", "ig"], n=6, shard_size=2)["computed"] == 1
+    after = xr.open_zarr(url, group="maps", chunks=None)["ig"].values
+    np.testing.assert_array_equal(before, after)
+
+
+def test_adding_a_method_is_allowed(tmp_path):
+    run(tmp_path / "s", methods=["grad"])
+    out = run(tmp_path / "s", methods=["grad", "gradxinput"])
+    assert out["computed"] == 1
+    assert set(xr.open_zarr(tmp_path / "s", group="maps").data_vars) == {"grad", "gradxinput"}
+
+
+def test_other_parameters_are_refused_and_nothing_is_written(tmp_path):
+    url = tmp_path / "s"
+    run(url, methods=["grad", "ig"])
+    files = sorted(p.relative_to(url) for p in url.rglob("*"))
+    with pytest.raises(StoreConflict, match="n_steps"):
+        run(url, methods=["grad", "ig", "gradxinput"], method_params={"ig": {"n_steps": 9}})
+    assert sorted(p.relative_to(url) for p in url.rglob("*")) == files
+    out = run(url, methods=["ig"], method_params={"ig": {"n_steps": 9}}, fresh=True)
+    assert out["computed"] == 1
+    assert xr.open_zarr(url, group="maps")["ig"].attrs["n_steps"] == 9
+
+
+def test_another_models_or_seeds_store_is_refused(tmp_path):
+    url = tmp_path / "s"
+    run(url, methods=["grad"])
+    with pytest.raises(StoreConflict, match="seed"):
+        run(url, methods=["grad"], seed=1)
+    with pytest.raises(StoreConflict, match="model_fingerprint"):
+        explain(
+            ExplainConfig(
+                "python:support:linear_model",
+                "builtin:digit-scenes",
+                ["grad"],
+                str(url),
+                Selection("random", 4),
+                device="cpu",
+            ),
+            progress=False,
+        )
+
+
+def test_shard_layout_does_not_change_results(tmp_path):
+    methods = ["ig", "smoothgrad", "dance-grad"]
+    run(tmp_path / "a", methods=methods, n=4, shard_size=4)
+    run(tmp_path / "b", methods=methods, n=4, shard_size=2)
+    a, b = (xr.open_zarr(tmp_path / s, group="maps", chunks=None) for s in "ab")
+    for name in methods:
+        scale = np.abs(a[name].values).max()
+        assert np.abs(a[name].values - b[name].values).max() <= 1e-4 * scale, name
+
+
+def test_bad_input_fails_before_anything_is_written(tmp_path):
+    import zarr
+
+    img = np.full((4, 3, 32, 32), 0.5, np.float32)
+    img[2, 1, 3, 3] = np.nan
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    g.create_array("image", data=img)
+    g.create_array("label", data=np.arange(4))
+    config = ExplainConfig(
+        "builtin:digit-scenes-cnn",
+        f"zarr:{tmp_path / 'd.zarr'}",
+        ["grad"],
+        str(tmp_path / "s"),
+        Selection("first", 4),
+        device="cpu",
+    )
+    with pytest.raises(SalauditError, match="NaN"):
+        explain(config, progress=False)
+    assert not (tmp_path / "s").exists()
+    for bad, message in ((["nope"], "unknown method 'nope'"), (["gradcam"], None)):
+        config.methods = bad
+        if message:
+            with pytest.raises(SalauditError, match=message):
+                explain(config, progress=False)
+    config.methods = ["grad"]
+    config.method_params = {"grad": {"steps": 3}}
+    with pytest.raises(SalauditError, match="unknown parameter"):
+        explain(config, progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_context_keys_follow_the_dataset_index(tmp_path, model):
+    """A sample's random maps do not depend on which other samples are selected."""
+    run(tmp_path / "a", methods=["smoothgrad"], n=4)
+    tree = xr.open_zarr(tmp_path / "a", group="inputs", chunks=None)
+    idx = int(tree["sample"].values[1])
+    x = torch.from_numpy(tree["image"].values[1:2])
+    t = torch.from_numpy(tree["prediction"].values[1:2])
+    alone = get_method("smoothgrad")(model, x, t, Context([f"0/{idx}/smoothgrad"]))
+    stored = xr.open_zarr(tmp_path / "a", group="maps", chunks=None)["smoothgrad"].values[1]
+    assert np.allclose(stored, alone[0].numpy(), atol=1e-5 * np.abs(stored).max())
