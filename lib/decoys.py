@@ -279,8 +279,8 @@ def _optimise(
     b, c, h, w = x.shape
     k = len(mask_index)
     hw = h * w
-    with torch.no_grad():
-        ref = forward_to(model, config.layer, x)
+    with torch.no_grad():  # image by image: a batch's float noise must not move a decision
+        ref = torch.cat([forward_to(model, config.layer, x[i : i + 1]) for i in range(b)])
     scale = ref.flatten(1).abs().amax(1).clamp_min(1e-12)
     x_pad = F.pad(x.flatten(2), (0, 1))  # (B, C, HW + 1): the last slot is dropped
     index = plan.index[mask_index]  # (K, L)

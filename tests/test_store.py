@@ -168,18 +168,21 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
         Selection("first", 4),
         device="cpu",
     )
-    with pytest.raises(SalauditError, match="NaN"):
+    with pytest.raises(SalauditError, match=r"samples \[2\] contain NaN"):
         explain(config, progress=False)
     assert not (tmp_path / "s").exists()
-    for bad, message in ((["nope"], "unknown method 'nope'"), (["gradcam"], None)):
-        config.methods = bad
-        if message:
-            with pytest.raises(SalauditError, match=message):
-                explain(config, progress=False)
-    config.methods = ["grad"]
-    config.method_params = {"grad": {"steps": 3}}
-    with pytest.raises(SalauditError, match="unknown parameter"):
-        explain(config, progress=False)
+    config.data = "builtin:digit-scenes"
+    cases = [
+        (["nope"], {}, {}, "unknown method 'nope'; valid: grad, gradxinput"),
+        (["grad"], {"grad": {"steps": 3}}, {}, r"unknown parameter\(s\) \['steps'\] for grad"),
+        (["gradcam"], {"gradcam": {"layer": "pool7"}}, {}, "layer 'pool7' is not in model"),
+        (["dance-grad"], {}, {"dance": {"layer": "no"}}, "layer 'no' is not in model .* conv1"),
+        (["blur-grad"], {}, {"blur": {"stride": 4}}, "between 1 and the patch size 3"),
+    ]
+    for methods, params, decoys, message in cases:
+        config.methods, config.method_params, config.decoy_params = methods, params, decoys
+        with pytest.raises(SalauditError, match=message):
+            explain(config, progress=False)
     assert not (tmp_path / "s").exists()
 
 
