@@ -19,7 +19,7 @@ from .data import Dataset, load_dataset
 from .decoys import DecoyConfig, Decoys, make_decoys, masks_for
 from .errors import SalauditError
 from .models import PixelModel, load_model
-from .registry import Method, get_method
+from .registry import Method, get_method, split_name
 from .saliency import Context
 from .selection import Selection, select_samples
 from .store import Store, population_chunks
@@ -27,7 +27,7 @@ from .version import __version__
 
 REFERENCE_IMAGES = 64  # baselines of expected gradients drawn from the data
 DEFAULT_SHARD = 16
-SMALL_INPUTS = 512 * 2**20  # keep validated images in memory below this size
+VALIDATE_CHUNK = 256
 
 
 @dataclass
@@ -104,7 +104,7 @@ def prepare(config: ExplainConfig, progress: bool = True) -> Run:
         )
     methods = [_method(config, name).resolved(model) for name in config.methods]
     samples = select_samples(dataset, config.selection, model, device)
-    _validate(dataset, samples, config.shard_size)
+    _validate(dataset, samples)
     identity = {
         "model_fingerprint": model.fingerprint,
         "data_fingerprint": dataset.fingerprint,
@@ -140,16 +140,15 @@ def prepare(config: ExplainConfig, progress: bool = True) -> Run:
 
 
 def _method(config: ExplainConfig, name: str) -> Method:
-    method = get_method(name, config.method_params.get(name))
-    if method.decoys is not None:
-        settings = config.decoy_params.get(method.decoys.generator, {})
-        method = get_method(name, config.method_params.get(name), settings)
-    return method
+    _, generator, _ = split_name(name)
+    decoys = config.decoy_params.get(generator) if generator else None
+    return get_method(name, config.method_params.get(name), decoys)
 
 
-def _validate(dataset: Dataset, samples: np.ndarray, shard: int) -> None:
-    for start in range(0, len(samples), shard * 16):
-        dataset.load(samples[start : start + shard * 16])
+def _validate(dataset: Dataset, samples: np.ndarray) -> None:
+    """Load every selected image once, so bad data fails before the store is touched."""
+    for start in range(0, len(samples), VALIDATE_CHUNK):
+        dataset.load(samples[start : start + VALIDATE_CHUNK])
 
 
 def _layout(run: Run) -> None:

@@ -93,15 +93,19 @@ def method_names() -> list[str]:
     return list(BASE_METHODS) + [f"{p}-{b}" for p in DECOY_PREFIXES for b in BASE_METHODS]
 
 
+def split_name(name: str) -> tuple[str, str | None, str | None]:
+    """`dance-mean-ig` -> ("ig", "dance", "mean"); a base name -> (name, None, None)."""
+    for prefix, (generator, how) in DECOY_PREFIXES.items():
+        if name.startswith(prefix + "-") and name[len(prefix) + 1 :] in BASE_METHODS:
+            return name[len(prefix) + 1 :], generator, how
+    return name, None, None
+
+
 def get_method(name: str, params: dict | None = None, decoys: dict | None = None) -> Method:
     """The method called `name`, with base parameters `params` and decoy settings `decoys`
     (for decoy-enhanced names); unknown names or parameters raise an error listing the valid
     ones."""
-    base, generator, how = name, None, None
-    for prefix, (gen, agg) in DECOY_PREFIXES.items():
-        if name.startswith(prefix + "-") and name[len(prefix) + 1 :] in BASE_METHODS:
-            base, generator, how = name[len(prefix) + 1 :], gen, agg
-            break
+    base, generator, how = split_name(name)
     if base not in BASE_METHODS:
         raise SalauditError(
             f"unknown method {name!r}; valid: {', '.join(BASE_METHODS)}, and decoy-enhanced "
