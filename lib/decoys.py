@@ -237,25 +237,55 @@ def _proxy(model: PixelModel, x: Tensor, plan: MaskPlan, config: DecoyConfig, ct
     return torch.where(plan.masks[None, :, None], fill, x[:, None])
 
 
-class _State:
-    """Optimisation state of all decoy rows: tanh variables on the masked pixels (R, C, L),
-    Adam moments and steps, lambda, relative tau, rounds, success and the last feasible
-    variables."""
+_STATE = ("order", "value", "origin", "feasible", "m1", "m2", "steps", "rounds", "lam", "tau")
 
-    def __init__(self, start: Tensor, lambda0: float):
-        rows, dev = start.shape[0], start.device
-        unit = start.clamp(INIT_CLAMP, 1 - INIT_CLAMP)
-        self.value = torch.atanh(2 * unit - 1)
-        self.origin = (torch.tanh(self.value) + 1) / 2  # x as the variables express it
-        self.feasible = self.value.clone()
-        self.m1 = torch.zeros_like(self.value)
-        self.m2 = torch.zeros_like(self.value)
-        self.steps = torch.zeros(rows, dtype=torch.long, device=dev)
-        self.passes = torch.zeros(rows, dtype=torch.long, device=dev)
-        self.rounds = torch.zeros(rows, dtype=torch.long, device=dev)
-        self.lam = torch.full((rows,), lambda0, device=dev)
-        self.tau = torch.ones(rows, device=dev)
-        self.success = torch.zeros(rows, dtype=torch.bool, device=dev)
+
+class _Pool:
+    """The working set of one image's decoys: tanh variables on the masked pixels (R, C, L)
+    and, per row, Adam moments and steps, lambda, relative tau, rounds and the last feasible
+    variables; `order` maps rows to decoy ids. Rows join as others finish."""
+
+    def __init__(self, like: Tensor):
+        for name in _STATE:
+            setattr(self, name, like.new_empty((0,)))
+        self.order = self.steps = self.rounds = like.new_empty((0,), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def join(self, start: Tensor, ids: Tensor, lambda0: float) -> None:
+        """Add decoys `ids` whose masked pixels, as a fraction of the range, are `start`."""
+        value = torch.atanh(2 * start.clamp(INIT_CLAMP, 1 - INIT_CLAMP) - 1)
+        zeros = torch.zeros(len(ids), dtype=torch.long, device=ids.device)
+        new = {
+            "order": ids,
+            "value": value,
+            "origin": (torch.tanh(value) + 1) / 2,  # x as the variables express it
+            "feasible": value,
+            "m1": torch.zeros_like(value),
+            "m2": torch.zeros_like(value),
+            "steps": zeros,
+            "rounds": zeros,
+            "lam": torch.full((len(ids),), lambda0, device=ids.device),
+            "tau": torch.ones(len(ids), device=ids.device),
+        }
+        for name in _STATE:
+            old = getattr(self, name)
+            setattr(self, name, torch.cat([old.view(-1, *new[name].shape[1:]), new[name]]))
+
+    def keep(self, rows: Tensor) -> None:
+        for name in _STATE:
+            setattr(self, name, getattr(self, name)[rows])
+
+
+@dataclass
+class _Result:
+    """Per decoy (K) of one image: final variables, lambda, success and passes."""
+
+    value: Tensor
+    lam: Tensor
+    success: Tensor
+    passes: Tensor
 
 
 def _optimise(
@@ -270,96 +300,114 @@ def _optimise(
     """Optimise all decoys of all images (ICLR A6 / preprint eq. 4-5): minimise
     -||((x~ - x) s)^+||_1 + lambda ||(|F_l(x~) - F_l(x)| - tau)^+||_2^2 over tanh variables.
 
-    Each image's decoys go in fixed chunks of `micro_batch` rows, a chunk stepping until all its
-    rows have finished: a decoy's trajectory, with its discrete round decisions, then depends on
-    its image alone, not on which other images share the batch. Returns the population
-    (B, K, C, H, W) and per decoy (B, K) the final lambda, success and passes spent.
+    An image's decoys stream through a working set of `micro_batch` rows, a finished row's
+    place taken at once by the next, so micro-batches stay full. Images do not share a working
+    set: a decoy's trajectory, with its discrete round decisions, then depends on its image
+    alone, not on which other images share the call. Returns the population (B, K, C, H, W) and
+    per decoy (B, K) the final lambda, success and passes spent.
     """
     lo, hi = model.value_range
     b, c, h, w = x.shape
     k = len(mask_index)
-    hw = h * w
-    with torch.no_grad():  # image by image: a batch's float noise must not move a decision
-        ref = torch.cat([forward_to(model, config.layer, x[i : i + 1]) for i in range(b)])
-    scale = ref.flatten(1).abs().amax(1).clamp_min(1e-12)
-    x_pad = F.pad(x.flatten(2), (0, 1))  # (B, C, HW + 1): the last slot is dropped
-    index = plan.index[mask_index]  # (K, L)
-    valid = index < hw
-    start = x_pad[:, :, index].permute(0, 2, 1, 3).reshape(b * k, c, -1)  # (R, C, L)
-    start = (start - lo) / (hi - lo)
-    state = _State(start, config.lambda0)
-
-    def images(rows: Tensor, value: Tensor) -> Tensor:
-        """Dense x~ for `rows` from their variables."""
-        i, j = rows // k, rows % k
-        pix = lo + (hi - lo) * (torch.tanh(value) + 1) / 2
-        dense = torch.zeros(len(rows), c, hw + 1, device=x.device, dtype=x.dtype)
-        dense.scatter_(2, index[j][:, None].expand(-1, c, -1), pix)
-        return torch.where(
-            plan.masks[mask_index[j]][:, None], dense[:, :, :hw].view(-1, c, h, w), x[i]
-        )
-
+    index = plan.index[mask_index]  # (K, L), padded with the dropped slot h * w
+    x_pad = F.pad(x.flatten(2), (0, 1))  # (B, C, HW + 1)
+    results = []
     for i in range(b):
-        for first in range(0, k, ctx.micro_batch):
-            active = torch.arange(
-                i * k + first, i * k + min(first + ctx.micro_batch, k), device=x.device
-            )
-            while len(active):
-                finished = _step(model, config, state, active, images, ref, scale, valid, sign, k)
-                active = active[~finished]
-    final = images(torch.arange(b * k, device=x.device), state.feasible)
+        with torch.no_grad():  # image by image: a batch's float noise must not move a decision
+            ref = forward_to(model, config.layer, x[i : i + 1])
+        result = _Result(
+            torch.empty(k, c, index.shape[1], device=x.device),
+            torch.empty(k, device=x.device),
+            torch.zeros(k, dtype=torch.bool, device=x.device),
+            torch.zeros(k, dtype=torch.long, device=x.device),
+        )
+        pool, queue = _Pool(x), torch.arange(k, device=x.device)
+        while len(pool) or len(queue):
+            ids, queue = queue[: ctx.micro_batch - len(pool)], queue[ctx.micro_batch - len(pool) :]
+            if len(ids):
+                pool.join(
+                    (x_pad[i][:, index[ids]].transpose(0, 1) - lo) / (hi - lo), ids, config.lambda0
+                )
+            _step(model, config, pool, result, x_pad[i : i + 1], ref, index, sign, (lo, hi), (h, w))
+        results.append(result)
+    value = torch.stack([r.value for r in results]).flatten(0, 1)
+    base = x_pad.repeat_interleave(k, 0)
+    population = _images(_pixels(value, (lo, hi)), base, index.repeat(b, 1), (h, w))
     return (
-        final.view(b, k, c, h, w),
-        state.lam.view(b, k),
-        state.success.view(b, k),
-        state.passes.view(b, k),
+        population.view(b, k, c, h, w),
+        torch.stack([r.lam for r in results]),
+        torch.stack([r.success for r in results]),
+        torch.stack([r.passes for r in results]),
     )
 
 
-def _step(model, config, state, rows, images, ref, scale, valid, sign, k):
-    """One optimiser step for `rows`; rows at a round boundary first settle the round.
-    Returns which rows finished."""
-    i, j = rows // k, rows % k
-    state.passes[rows] += 1
-    value = state.value[rows].requires_grad_(True)
+def _pixels(value: Tensor, value_range) -> Tensor:
+    """Pixel values of tanh variables: x_min + (x_max - x_min) (tanh(v) + 1) / 2."""
+    lo, hi = value_range
+    return lo + (hi - lo) * (torch.tanh(value) + 1) / 2
+
+
+def _images(pix: Tensor, base: Tensor, index: Tensor, size) -> Tensor:
+    """Dense decoys (R, C, H, W): `base` (R or 1, C, HW + 1) with the masked pixels (R, C, L)
+    set at `index` (R, L); padded entries land in the dropped last slot."""
+    rows, c = pix.shape[:2]
+    dense = base.expand(rows, -1, -1).scatter(2, index[:, None].expand(-1, c, -1), pix)
+    return dense[:, :, :-1].view(rows, c, *size)
+
+
+def _step(model, config, pool, result, base, ref, index, sign, value_range, size) -> None:
+    """One optimiser step for every row of the pool; a row at a round boundary first settles
+    the round, and rows that succeed or spend their rounds leave with their last feasible
+    variables."""
+    dims = tuple(range(1, ref.ndim))  # reduce without flattening: keeps channels_last
+    scale = ref.abs().amax().clamp_min(1e-12)
+    lo, hi = value_range
+    ids = pool.order
+    value = pool.value.requires_grad_(True)
     with torch.enable_grad():
-        rep = forward_to(model, config.layer, images(rows, value))
-        dims = tuple(range(1, rep.ndim))  # reduce without flattening: keeps channels_last
-        diff = (rep - ref[i]).abs() / scale[i].view(-1, *[1] * len(dims))
-        worst = diff.detach().amax(dims)
-        boundary = (state.steps[rows] > 0) & (state.steps[rows] % config.steps_per_round == 0)
-        feasible = boundary & (worst <= state.tau[rows])
-        done_now = feasible & (state.tau[rows] <= config.eps * (1 + 1e-6))
-        state.feasible[rows[feasible]] = value.detach()[feasible]
-        state.success[rows[done_now]] = True
-        state.tau[rows[feasible & ~done_now]] *= config.tau_decay
-        failed = rows[boundary & ~feasible]
-        state.lam[failed] = (state.lam[failed] * 2).clamp_max(MAX_LAMBDA)
-        state.rounds[rows[boundary]] += 1
-        finished = done_now | (state.rounds[rows] >= config.max_rounds)
+        unit = (torch.tanh(value) + 1) / 2
+        decoys = _images(lo + (hi - lo) * unit, base, index[ids], size)
+        rep = forward_to(model, config.layer, decoys)
+        gap = (rep - ref).abs()
+        worst = gap.detach().amax(dims) / scale
+        boundary = (pool.steps > 0) & (pool.steps % config.steps_per_round == 0)
+        feasible = boundary & (worst <= pool.tau)
+        done = feasible & (pool.tau <= config.eps * (1 + 1e-6))
+        pool.feasible = torch.where(feasible.view(-1, 1, 1), value.detach(), pool.feasible)
+        pool.tau = torch.where(feasible & ~done, pool.tau * config.tau_decay, pool.tau)
+        failed = boundary & ~feasible
+        pool.lam = torch.where(failed, (pool.lam * 2).clamp_max(MAX_LAMBDA), pool.lam)
+        pool.rounds = pool.rounds + boundary.long()
+        finished = done | (pool.rounds >= config.max_rounds)
 
-        pix = (torch.tanh(value) + 1) / 2
-        gain = (pix - state.origin[rows]) * sign[j, None, None]
+        gain = (unit - pool.origin) * sign[ids].view(-1, 1, 1)
         # ((x~ - x) s)^+ with the outward one-sided gradient at 0, where every decoy starts
-        gain = torch.where(gain >= 0, gain, torch.zeros_like(gain))
-        reward = (gain * valid[j][:, None]).sum()
-        excess = (diff - state.tau[rows].view(-1, *[1] * len(dims))).clamp_min(0)
-        penalty = (state.lam[rows] * excess.pow(2).sum(dims)).sum()
-        (g,) = torch.autograd.grad(penalty - reward, value)
-    keep = ~finished
-    _adam(state, rows[keep], g[keep], config.lr)
-    return finished
+        gain = gain * (gain >= 0)
+        reward = (gain * (index[ids] < base.shape[2] - 1)[:, None]).sum()
+        excess = (gap - (pool.tau * scale).view(-1, *[1] * len(dims))).clamp_min(0)
+        penalty = (pool.lam / scale**2 * excess.square().sum(dims)).sum()
+        (grad,) = torch.autograd.grad(penalty - reward, value)
+    pool.value = value.detach()
+    _adam(pool, grad, config.lr, ~finished)
+    if finished.any():
+        out = ids[finished]
+        result.value[out] = pool.feasible[finished]
+        result.lam[out] = pool.lam[finished]
+        result.success[out] = done[finished]
+        result.passes[out] = pool.steps[finished] + 1  # the updates and the final check
+        pool.keep(~finished)
 
 
-def _adam(state: _State, rows: Tensor, grad: Tensor, lr: float) -> None:
+def _adam(pool: _Pool, grad: Tensor, lr: float, active: Tensor) -> None:
+    """One Adam step for the `active` rows (finished rows keep their state)."""
     b1, b2 = ADAM_BETAS
-    state.steps[rows] += 1
-    t = state.steps[rows].to(grad.dtype).view(-1, 1, 1)
-    m1 = b1 * state.m1[rows] + (1 - b1) * grad
-    m2 = b2 * state.m2[rows] + (1 - b2) * grad * grad
-    state.m1[rows], state.m2[rows] = m1, m2
-    step = lr * (m1 / (1 - b1**t)) / ((m2 / (1 - b2**t)).sqrt() + ADAM_EPS)
-    state.value[rows] = state.value[rows] - step
+    pool.steps = pool.steps + active.long()
+    t = pool.steps.clamp_min(1).to(grad.dtype).view(-1, 1, 1)
+    on = active.view(-1, 1, 1)
+    pool.m1 = torch.where(on, b1 * pool.m1 + (1 - b1) * grad, pool.m1)
+    pool.m2 = torch.where(on, b2 * pool.m2 + (1 - b2) * grad * grad, pool.m2)
+    step = lr * (pool.m1 / (1 - b1**t)) / ((pool.m2 / (1 - b2**t)).sqrt() + ADAM_EPS)
+    pool.value = torch.where(on, pool.value - step, pool.value)
 
 
 def decoy_saliency(
