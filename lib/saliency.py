@@ -148,40 +148,25 @@ def noisy_gradient_stats(
     return {"mean": mean.to(x.dtype), "var": var.to(x.dtype), "range": high - low}
 
 
-def smoothgrad(
-    model: PixelModel,
-    x: Tensor,
-    target: Tensor,
-    ctx: Context | None = None,
-    n_samples: int = 25,
-    noise: float = 0.15,
-) -> Tensor:
-    """Mean gradient over noisy copies (SmoothGrad)."""
-    return noisy_gradient_stats(model, x, target, ctx or Context(), n_samples, noise)["mean"]
+def _noisy(stat: str, name: str, doc: str) -> Callable[..., Tensor]:
+    def method(
+        model: PixelModel,
+        x: Tensor,
+        target: Tensor,
+        ctx: Context | None = None,
+        n_samples: int = 25,
+        noise: float = 0.15,
+    ) -> Tensor:
+        return noisy_gradient_stats(model, x, target, ctx or Context(), n_samples, noise)[stat]
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
 
 
-def vargrad(
-    model: PixelModel,
-    x: Tensor,
-    target: Tensor,
-    ctx: Context | None = None,
-    n_samples: int = 25,
-    noise: float = 0.15,
-) -> Tensor:
-    """Variance of the SmoothGrad gradients (VarGrad)."""
-    return noisy_gradient_stats(model, x, target, ctx or Context(), n_samples, noise)["var"]
-
-
-def sgrange(
-    model: PixelModel,
-    x: Tensor,
-    target: Tensor,
-    ctx: Context | None = None,
-    n_samples: int = 25,
-    noise: float = 0.15,
-) -> Tensor:
-    """Range (max - min) of the SmoothGrad gradients."""
-    return noisy_gradient_stats(model, x, target, ctx or Context(), n_samples, noise)["range"]
+smoothgrad = _noisy("mean", "smoothgrad", "Mean gradient over noisy copies (SmoothGrad).")
+vargrad = _noisy("var", "vargrad", "Variance of the SmoothGrad gradients (VarGrad).")
+sgrange = _noisy("range", "sgrange", "Range (max - min) of the SmoothGrad gradients.")
 
 
 def expgrad(
