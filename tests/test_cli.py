@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +17,9 @@ FAST = ["--decoy", "dance.stride=3", "--decoy", "blur.stride=3", "--param", "ig.
 
 
 def salaudit(*args: str) -> subprocess.CompletedProcess:
-    """The installed console script, as a user runs it."""
-    return subprocess.run(["salaudit", *args], capture_output=True, text=True, timeout=3000)
+    """The installed console script (beside this interpreter), as a user runs it."""
+    script = Path(sys.executable).parent / "salaudit"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=3000)
 
 
 def test_explain_and_show(tmp_path):
