@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="GENERATOR.KEY=VALUE",
         help="a decoy setting, e.g. dance.eps=0.05 or dance.stride=3 (repeatable)",
     )
+    e.add_argument(
+        "--boundary",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a boundary-search setting for bsm and big, e.g. finders=('pgd',) or "
+        "radii=(1,2,4) (repeatable)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
@@ -88,6 +96,9 @@ def _explain(args: argparse.Namespace) -> None:
         shard_size=args.shard_size,
         method_params=_settings(args.param, "--param"),
         decoy_params=_settings(args.decoy, "--decoy"),
+        boundary_params=_settings([f"boundary.{b}" for b in args.boundary], "--boundary").get(
+            "boundary", {}
+        ),
     )
     out = explain(config, progress=not args.quiet)
     print(
@@ -95,6 +106,13 @@ def _explain(args: argparse.Namespace) -> None:
         f"({', '.join(out['methods'])}) on {out['device']}; {out['computed']} map regions "
         f"computed, the rest were already in the store"
     )
+    if "boundary_failed" in out:
+        print(
+            f"salaudit: boundary search found no adversarial point for "
+            f"{out['boundary_failed']} of {out['samples']} samples "
+            f"({out['boundary_failed'] / out['samples']:.1%}); their bsm and big maps are "
+            "empty (NaN)"
+        )
     print(
         f"salaudit: results in {out['store']}  (read with "
         f"xarray.open_datatree({out['store']!r}, engine='zarr'))"

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from .batching import micro_batch_size
+from .boundary import FINDER_CODES, Boundary, BoundaryConfig, find_boundary
 from .data import Dataset, load_dataset
 from .decoys import DecoyConfig, Decoys, make_decoys, masks_for
 from .errors import SalauditError
 from .models import PixelModel, load_model
-from .registry import Method, get_method, split_name
+from .registry import BOUNDARY_METHODS, Method, get_method, split_name
 from .saliency import Context
 from .selection import Selection, select_samples
 from .store import Store, population_chunks
@@ -46,6 +47,7 @@ class ExplainConfig:
     shard_size: int = DEFAULT_SHARD
     method_params: dict[str, dict] = field(default_factory=dict)
     decoy_params: dict[str, dict] = field(default_factory=dict)
+    boundary_params: dict = field(default_factory=dict)
     storage_options: dict | None = None
 
     def describe(self) -> dict:
@@ -81,6 +83,10 @@ class Run:
 
     def decoy_configs(self) -> list[DecoyConfig]:
         return list(dict.fromkeys(m.decoys for m in self.methods if m.decoys))
+
+    def boundary_config(self) -> BoundaryConfig | None:
+        """The boundary search the run's bsm and big share (None if neither is asked for)."""
+        return next((m.boundary for m in self.methods if m.boundary), None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,9 +146,10 @@ def prepare(config: ExplainConfig, progress: bool = True) -> Run:
 
 
 def _method(config: ExplainConfig, name: str) -> Method:
-    _, generator, _ = split_name(name)
+    base, generator, _ = split_name(name)
     decoys = config.decoy_params.get(generator) if generator else None
-    return get_method(name, config.method_params.get(name), decoys)
+    search = config.boundary_params if base in BOUNDARY_METHODS else None
+    return get_method(name, config.method_params.get(name), decoys, search)
 
 
 def _validate(dataset: Dataset, samples: np.ndarray) -> None:
@@ -191,7 +198,69 @@ def _layout(run: Run) -> None:
         )
     for cfg, members in populations.items():
         _layout_decoys(run, cfg, members)
+    if run.boundary_config():
+        _layout_boundary(run)
     store.consolidate()
+
+
+def _layout_boundary(run: Run) -> None:
+    """The `boundary` group: per sample the point, its distance (NaN if none was found),
+    success, the finder (codes in the attributes) and each finder's own best distance."""
+    store, n = run.store, len(run.samples)
+    c, h, w = run.model.input_shape
+    shard = store.attrs()["shard_size"]
+    cfg = run.boundary_config()
+    store.require_coordinate("boundary", "sample", run.samples)
+    store.require_array(
+        "boundary/point",
+        (n, c, h, w),
+        ("sample", "channel", "y", "x"),
+        "float32",
+        (shard, c, h, w),
+        cfg.params(),
+    )
+    store.require_array(
+        "boundary/distance",
+        (n,),
+        ("sample",),
+        "float32",
+        (shard,),
+        {"units": "L2 norm in pixel space"},
+    )
+    store.require_array("boundary/success", (n,), ("sample",), "bool", (shard,), fill_value=False)
+    store.require_array(
+        "boundary/finder",
+        (n,),
+        ("sample",),
+        "int8",
+        (shard,),
+        {"codes": {str(v): k for k, v in FINDER_CODES.items()}},
+    )
+    for finder in cfg.finders:
+        store.require_array(f"boundary/distance_{finder}", (n,), ("sample",), "float32", (shard,))
+
+
+def _boundary(run: Run, x, target, start: int, stop: int) -> Boundary:
+    """The boundary search of samples [start, stop): read back where done, else run and
+    written with its done-marker."""
+    store = run.store
+    if store.is_done("boundary", start, stop):
+        point = torch.from_numpy(store.read("boundary/point", start, stop)).to(x.device)
+        success = torch.from_numpy(store.read("boundary/success", start, stop)).to(x.device)
+        distance = torch.from_numpy(store.read("boundary/distance", start, stop)).to(x.device)
+        finder = torch.from_numpy(store.read("boundary/finder", start, stop)).to(x.device)
+        return Boundary(torch.where(success.view(-1, 1, 1, 1), point, x), distance, success, finder)
+    ctx = Context(run.keys(start, stop, "boundary"), run.micro_batch, run.references)
+    found = find_boundary(run.model, x, target, run.boundary_config(), ctx)
+    point = torch.where(found.success.view(-1, 1, 1, 1), found.point, torch.nan)
+    store.write("boundary/point", start, point.cpu().numpy())
+    store.write("boundary/distance", start, found.distance.cpu().numpy())
+    store.write("boundary/success", start, found.success.cpu().numpy())
+    store.write("boundary/finder", start, found.finder.cpu().numpy())
+    for finder, dist in found.by_finder.items():
+        store.write(f"boundary/distance_{finder}", start, dist.cpu().numpy())
+    store.mark_done("boundary", start, stop)
+    return found
 
 
 def _layout_decoys(run: Run, cfg: DecoyConfig, members: int) -> None:
@@ -275,11 +344,16 @@ def run_maps(run: Run, start: int, stop: int, on_method: Callable[[str], None] |
     target = torch.from_numpy(run.store.read("inputs/prediction", start, stop)).to(run.device)
     tick = on_method or (lambda _name: None)
     done = []
-    for m in run.methods:
-        if m.decoys is not None:
-            continue
-        if not run.store.is_done(f"maps/{m.name}", start, stop):
-            ctx = Context(run.keys(start, stop, m.name), run.micro_batch, run.references)
+    plain = [m for m in run.methods if m.decoys is None]
+    todo = [m for m in plain if not run.store.is_done(f"maps/{m.name}", start, stop)]
+    extra = {}
+    if run.boundary_config() and (
+        any(m.boundary for m in todo) or not run.store.is_done("boundary", start, stop)
+    ):
+        extra["boundary"] = _boundary(run, x, target, start, stop)
+    for m in plain:
+        if m in todo:
+            ctx = Context(run.keys(start, stop, m.name), run.micro_batch, run.references, extra)
             _write_map(run, m.name, start, stop, m(run.model, x, target, ctx))
             done.append(m.name)
         tick(m.name)
@@ -368,7 +442,7 @@ def explain(config: ExplainConfig, progress: bool = True) -> dict:
         out = run_maps(run, start, stop, on_method=lambda _name: bar.update())
         computed += out["computed"]
     bar.close()
-    return {
+    summary = {
         "store": run.store.url,
         "samples": len(run.samples),
         "methods": [m.name for m in run.methods],
@@ -376,3 +450,7 @@ def explain(config: ExplainConfig, progress: bool = True) -> dict:
         "device": str(run.device),
         "model_fingerprint": run.model.fingerprint,
     }
+    if run.boundary_config():
+        success = run.store.read("boundary/success")
+        summary["boundary_failed"] = int((~success).sum())
+    return summary

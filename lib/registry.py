@@ -1,7 +1,9 @@
 """Method names -> methods, so configs, the CLI and tasks name methods by string.
 
-Base methods (`grad`, `ig`, ...) and their decoy-enhanced forms `dance-<base>` (optimised decoys,
-range aggregation), `dance-mean-<base>`, `blur-<base>`, `constant-<base>`, `noise-<base>`.
+Base gradient methods (`grad`, `ig`, ...), their decoy-enhanced forms `dance-<base>` (optimised
+decoys, range aggregation), `dance-mean-<base>`, `blur-<base>`, `constant-<base>`,
+`noise-<base>`, and the robust methods `relex`, `bsm`, `big` (which use the boundary search)
+and `agi`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import saliency
+from . import boundary, relex, saliency
+from .boundary import BoundaryConfig, find_boundary
 from .decoys import DecoyConfig, aggregate, decoy_saliency, make_decoys
 from .errors import SalauditError
 from .models import PixelModel
@@ -29,6 +32,13 @@ BASE_METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "intuniform": saliency.intuniform,
     "gradcam": saliency.gradcam,
 }
+ROBUST_METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "relex": relex.relex,
+    "bsm": boundary.bsm,
+    "big": boundary.big,
+    "agi": boundary.agi,
+}
+BOUNDARY_METHODS = {"bsm", "big"}
 # prefix -> (decoy generator, aggregation); longest prefix first
 DECOY_PREFIXES = {
     "dance-mean": ("dance", "mean"),
@@ -37,13 +47,13 @@ DECOY_PREFIXES = {
     "constant": ("constant", "range"),
     "noise": ("noise", "range"),
 }
-HIDDEN_PARAMS = {"model", "x", "target", "ctx", "baseline"}
+HIDDEN_PARAMS = {"model", "x", "target", "ctx", "baseline", "boundary"}
 
 
 @dataclass(frozen=True)
 class Method:
     """A named saliency method: a base method with its parameters, optionally enhanced with
-    decoys of one configuration and aggregated by range or mean."""
+    decoys of one configuration and aggregated by range or mean, or fed by a boundary search."""
 
     name: str
     base: str
@@ -51,6 +61,7 @@ class Method:
     params: dict = field(default_factory=dict)
     decoys: DecoyConfig | None = None
     aggregation: str | None = None
+    boundary: BoundaryConfig | None = None
 
     def resolved(self, model: PixelModel) -> Method:
         """Defaults that depend on the model (layers, mask packing) filled in and checked."""
@@ -67,14 +78,21 @@ class Method:
         if self.decoys:
             out["aggregation"] = self.aggregation
             out["decoys"] = self.decoys.params()
+        if self.boundary:
+            out["boundary"] = self.boundary.params()
         return out
 
     def base_call(self, model: PixelModel, x, target, ctx: Context) -> torch.Tensor:
-        return self.fn(model, x, target, ctx, **self.params)
+        if self.boundary is None:
+            return self.fn(model, x, target, ctx, **self.params)
+        found = ctx.extra.get("boundary") or find_boundary(model, x, target, self.boundary, ctx)
+        return self.fn(model, x, target, ctx, boundary=found, **self.params)
 
     def __call__(self, model: PixelModel, x, target, ctx: Context | None = None) -> torch.Tensor:
-        """The attribution of x for `target` (decoys generated on the way if enhanced)."""
+        """The attribution of x for `target` (decoys generated or the boundary searched on the
+        way where the method needs them)."""
         ctx = ctx or Context()
+        check_inputs(model, x, target)
         if self.decoys is None:
             return self.base_call(model, x, target, ctx)
         decoys = make_decoys(model, x, self.decoys, ctx)
@@ -90,7 +108,23 @@ class Method:
 
 def method_names() -> list[str]:
     """Every valid method name."""
-    return list(BASE_METHODS) + [f"{p}-{b}" for p in DECOY_PREFIXES for b in BASE_METHODS]
+    decoyed = [f"{p}-{b}" for p in DECOY_PREFIXES for b in BASE_METHODS]
+    return list(BASE_METHODS) + list(ROBUST_METHODS) + decoyed
+
+
+def check_inputs(model: PixelModel, x: torch.Tensor, target: torch.Tensor) -> None:
+    """Refuse images of the wrong shape and target classes the model does not have."""
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise SalauditError(
+            f"images of shape {tuple(x.shape)} do not fit model {model.spec}, which takes "
+            f"(batch, {', '.join(map(str, model.input_shape))})"
+        )
+    bad = (target < 0) | (target >= model.num_classes)
+    if bad.any():
+        raise SalauditError(
+            f"target class {int(target[bad][0])} is out of range for model {model.spec} with "
+            f"{model.num_classes} classes (0 to {model.num_classes - 1})"
+        )
 
 
 def split_name(name: str) -> tuple[str, str | None, str | None]:
@@ -101,27 +135,40 @@ def split_name(name: str) -> tuple[str, str | None, str | None]:
     return name, None, None
 
 
-def get_method(name: str, params: dict | None = None, decoys: dict | None = None) -> Method:
-    """The method called `name`, with base parameters `params` and decoy settings `decoys`
-    (for decoy-enhanced names); unknown names or parameters raise an error listing the valid
-    ones."""
+def get_method(
+    name: str,
+    params: dict | None = None,
+    decoys: dict | None = None,
+    boundary: dict | None = None,
+) -> Method:
+    """The method called `name`, with its parameters `params`, decoy settings `decoys` (for
+    decoy-enhanced names) and boundary-search settings `boundary` (for bsm and big); unknown
+    names or parameters raise an error listing the valid ones."""
     base, generator, how = split_name(name)
-    if base not in BASE_METHODS:
+    fn = BASE_METHODS.get(base) or ROBUST_METHODS.get(base)
+    if fn is None:
         raise SalauditError(
-            f"unknown method {name!r}; valid: {', '.join(BASE_METHODS)}, and decoy-enhanced "
-            f"<prefix>-<base> with prefix one of {', '.join(DECOY_PREFIXES)} (e.g. dance-ig)"
+            f"unknown method {name!r}; valid: {', '.join([*BASE_METHODS, *ROBUST_METHODS])}, "
+            f"and decoy-enhanced <prefix>-<base> with prefix one of {', '.join(DECOY_PREFIXES)} "
+            "and a gradient base (e.g. dance-ig)"
         )
-    fn = BASE_METHODS[base]
     full = _with_defaults(fn, params or {}, name)
     config = None
     if generator:
-        try:
-            config = DecoyConfig(generator=generator, **(decoys or {}))
-        except TypeError as e:
-            raise SalauditError(f"bad decoy settings for {name}: {e}") from None
-    elif decoys:
+        config = _settings(DecoyConfig, {"generator": generator, **(decoys or {})}, name)
+    if decoys and not generator:
         raise SalauditError(f"{name} uses no decoys; decoy settings apply to dance-*, blur-*, ...")
-    return Method(name, base, fn, full, config, how)
+    search = _settings(BoundaryConfig, boundary or {}, name) if base in BOUNDARY_METHODS else None
+    if boundary and base not in BOUNDARY_METHODS:
+        raise SalauditError(f"{name} uses no boundary search; its settings apply to bsm and big")
+    return Method(name, base, fn, full, config, how, search)
+
+
+def _settings(kind, values: dict, name: str):
+    try:
+        return kind(**values)
+    except TypeError as e:
+        raise SalauditError(f"bad settings for {name}: {e}") from None
 
 
 def external_method(

@@ -1,0 +1,485 @@
+"""Boundary attributions (paper big-*.txt, METHODS.md): boundary search, BSM, BIG and AGI.
+
+The boundary search runs an ensemble of attacks, each batched over images with per-sample early
+stopping, and keeps per image the closest candidate that is adversarial: L2 PGD over a ladder
+of radii, Carlini-Wagner L2, and APGD (L2, cross-entropy). Radii are in units of
+sqrt(d) / 255 of the pixel range (METHODS.md's scaling rule). A sample without any adversarial
+candidate is flagged and its BSM and BIG maps are left empty (NaN), never computed from a
+non-adversarial point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .batching import generator, keyed_normal
+from .errors import SalauditError
+from .models import PixelModel
+from .saliency import Context, ig
+
+Tensor = torch.Tensor
+FINDERS = ("pgd", "cw", "apgd")
+FINDER_CODES = {"none": 0, "pgd": 1, "cw": 2, "apgd": 3}
+
+
+@dataclass(frozen=True)
+class BoundaryConfig:
+    """The boundary search: which finders, the radius ladder (units of sqrt(d)/255 of the
+    range) for PGD and APGD, and each finder's budget (METHODS.md defaults)."""
+
+    finders: tuple[str, ...] = FINDERS
+    radii: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
+    pgd_steps: int = 40
+    pgd_step: float = 2.5  # step = pgd_step * radius / pgd_steps
+    cw_binary_steps: int = 9
+    cw_steps: int = 100
+    cw_lr: float = 0.01
+    cw_const: float = 1e-3
+    apgd_steps: int = 100
+    refine_steps: int = 5  # salaudit's polish of the closest candidate (0: off)
+
+    def __post_init__(self):
+        unknown = set(self.finders) - set(FINDERS)
+        if unknown or not self.finders:
+            raise SalauditError(
+                f"unknown boundary finder(s) {sorted(unknown)}; valid: {', '.join(FINDERS)}"
+            )
+        object.__setattr__(self, "finders", tuple(self.finders))
+        object.__setattr__(self, "radii", tuple(sorted(float(r) for r in self.radii)))
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Boundary:
+    """Per image: the closest adversarial point found, its L2 distance (NaN if none), success,
+    which finder found it (FINDER_CODES), and each finder's own best distance."""
+
+    point: Tensor
+    distance: Tensor
+    success: Tensor
+    finder: Tensor
+    by_finder: dict[str, Tensor] = field(default_factory=dict)
+
+
+def radius_unit(model: PixelModel) -> float:
+    """The L2 norm of an L_inf perturbation of 1/255 of the range spread over all elements."""
+    lo, hi = model.value_range
+    return math.sqrt(math.prod(model.input_shape)) / 255 * (hi - lo)
+
+
+def find_boundary(
+    model: PixelModel, x: Tensor, target: Tensor, config: BoundaryConfig, ctx: Context
+) -> Boundary:
+    """The ensemble search: per image the closest adversarial candidate of all finders."""
+    keys = ctx.keys_for(len(x))
+    best = Boundary(
+        x.clone(),
+        torch.full((len(x),), math.inf, device=x.device),
+        torch.zeros(len(x), dtype=torch.bool, device=x.device),
+        torch.zeros(len(x), dtype=torch.int8, device=x.device),
+    )
+    found_radius = torch.full((len(x),), math.inf, device=x.device)
+    for name in config.finders:
+        if name == "pgd":
+            point, dist, radius = _ladder(
+                model, x, target, config, keys, ctx.micro_batch, _pgd, "pgd", found_radius
+            )
+            found_radius = torch.minimum(found_radius, radius)
+        elif name == "apgd":
+            point, dist, radius = _ladder(
+                model, x, target, config, keys, ctx.micro_batch, _apgd, "apgd", found_radius
+            )
+        else:
+            point, dist = _cw(model, x, target, config, ctx.micro_batch)
+        best.by_finder[name] = torch.where(torch.isfinite(dist), dist, torch.nan)
+        closer = dist < best.distance
+        best.point[closer] = point[closer]
+        best.distance = torch.where(closer, dist, best.distance)
+        best.finder[closer] = FINDER_CODES[name]
+    best.success = torch.isfinite(best.distance)
+    if config.refine_steps and best.success.any():
+        rows = torch.nonzero(best.success).flatten()
+        best.point[rows] = _refine(
+            model, x[rows], target[rows], best.point[rows], config.refine_steps, ctx.micro_batch
+        )
+        best.distance[rows] = (best.point[rows] - x[rows]).flatten(1).norm(dim=1)
+    best.distance = torch.where(best.success, best.distance, torch.nan)
+    return best
+
+
+def _refine(model, x, target, point, steps: int, micro_batch: int) -> Tensor:
+    """Move adversarial points closer to x, never farther: bisect the segment from x to the
+    boundary, then, `steps` times, project x onto the boundary linearised there (the margin
+    between the target and the point's class) and keep the projection, bisected, if it is
+    adversarial and closer. Exact on linear models; it removes the overshoot a finder's last
+    step leaves (CW's first Adam step alone moves about lr * sqrt(d) / 2 in L2)."""
+    lo, hi = model.value_range
+    point = _bisect(model, x, target, point, micro_batch)
+    for _ in range(steps):
+        rival = _predictions(model, point, micro_batch)
+        g, margin = _margin_gradient(model, point, target, rival, micro_batch)
+        # the plane margin + g . (z - point) = 0; its closest point to x
+        lam = (margin + (g * (x - point)).flatten(1).sum(1)) / g.flatten(1).pow(2).sum(1)
+        plane = x - lam.clamp_min(0).view(-1, 1, 1, 1) * g
+        beyond = (x + 1.01 * (plane - x)).clamp(lo, hi)  # just past the plane
+        ok = _predictions(model, beyond, micro_batch) != target
+        candidate = _bisect(model, x, target, torch.where(_rows(ok), beyond, point), micro_batch)
+        closer = ok & (_norm(candidate - x) < _norm(point - x))
+        point = torch.where(_rows(closer), candidate, point)
+    return point
+
+
+def _bisect(model, x, target, point, micro_batch, rounds: int = 20) -> Tensor:
+    """The adversarial point of the segment x -> point (adversarial) closest to x, to
+    2^-rounds of its length."""
+    near = torch.zeros(len(x), device=x.device)
+    far = torch.ones(len(x), device=x.device)
+    for _ in range(rounds):
+        mid = (near + far) / 2
+        adv = _predictions(model, x + _rows(mid) * (point - x), micro_batch) != target
+        far, near = torch.where(adv, mid, far), torch.where(adv, near, mid)
+    return x + _rows(far) * (point - x)
+
+
+def _margin_gradient(model, x, target, rival, micro_batch) -> tuple[Tensor, Tensor]:
+    """Per row: the gradient of Z_target - Z_rival and its value."""
+    grads, values = [], []
+    for s in range(0, len(x), micro_batch):
+        sl = slice(s, s + micro_batch)
+        with torch.enable_grad():
+            xb = x[sl].detach().requires_grad_(True)
+            z = model(xb)
+            margin = z.gather(1, target[sl, None]) - z.gather(1, rival[sl, None])
+            (g,) = torch.autograd.grad(margin.sum(), xb)
+        grads.append(g)
+        values.append(margin.detach().squeeze(1))
+    return torch.cat(grads), torch.cat(values)
+
+
+def _rows(v: Tensor) -> Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def _norm(v: Tensor) -> Tensor:
+    return v.flatten(1).norm(dim=1)
+
+
+def _predictions(model: PixelModel, x: Tensor, micro_batch: int) -> Tensor:
+    with torch.no_grad():
+        return torch.cat(
+            [model(x[s : s + micro_batch]).argmax(1) for s in range(0, len(x), micro_batch)]
+        )
+
+
+def _ce_gradient(model, x, target, micro_batch) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: gradient of the cross-entropy of `target`, the loss and the logits."""
+    grads, losses, logits = [], [], []
+    for s in range(0, len(x), micro_batch):
+        with torch.enable_grad():
+            xb = x[s : s + micro_batch].detach().requires_grad_(True)
+            out = model(xb)
+            loss = F.cross_entropy(out, target[s : s + micro_batch], reduction="none")
+            (g,) = torch.autograd.grad(loss.sum(), xb)
+        grads.append(g)
+        losses.append(loss.detach())
+        logits.append(out.detach())
+    return torch.cat(grads), torch.cat(losses), torch.cat(logits)
+
+
+def _project(x: Tensor, candidate: Tensor, eps: Tensor, value_range) -> Tensor:
+    """Onto the L2 ball of radius eps (per row) around x, then into the pixel range."""
+    delta = candidate - x
+    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    delta = delta * (eps / norm).clamp(max=1).view(-1, 1, 1, 1)
+    return (x + delta).clamp(*value_range)
+
+
+def _unit(g: Tensor) -> Tensor:
+    return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def _random_start(x: Tensor, eps: Tensor, keys: list[str], value_range) -> Tensor:
+    """A uniform draw from the L2 ball of radius eps around each image, keyed by sample."""
+    direction = _unit(keyed_normal(keys, tuple(x.shape[1:]), x.device))
+    u = torch.stack(
+        [torch.rand((), generator=generator(k + "/r", x.device), device=x.device) for k in keys]
+    )
+    radius = eps * u ** (1 / x[0].numel())
+    return (x + direction * radius.view(-1, 1, 1, 1)).clamp(*value_range)
+
+
+def _ladder(model, x, target, config, keys, micro_batch, attack, name, below):
+    """Run `attack` at ascending radii, each image stopping at its first success; `below`
+    caps the radii tried per image (APGD need not try radii where PGD already succeeded)."""
+    unit = radius_unit(model)
+    point = x.clone()
+    dist = torch.full((len(x),), math.inf, device=x.device)
+    radius = torch.full((len(x),), math.inf, device=x.device)
+    for r in config.radii:
+        todo = torch.nonzero(torch.isinf(dist) & (r * unit < below)).flatten()
+        if len(todo) == 0:
+            continue
+        eps = torch.full((len(todo),), r * unit, device=x.device)
+        sub_keys = [f"{keys[int(i)]}/{name}/{r}" for i in todo]
+        adv, ok = attack(model, x[todo], target[todo], eps, config, sub_keys, micro_batch)
+        hit = todo[ok]
+        point[hit] = adv[ok]
+        dist[hit] = (adv[ok] - x[hit]).flatten(1).norm(dim=1)
+        radius[hit] = r * unit
+    return point, dist, radius
+
+
+def _pgd(model, x, target, eps, config, keys, micro_batch):
+    """L2 PGD on the cross-entropy: random start in the ball, `pgd_steps` steps of
+    pgd_step * eps / pgd_steps along the unit gradient; a row stops at its first adversarial
+    iterate. Returns the iterates and which rows succeeded."""
+    lo_hi = model.value_range
+    step = config.pgd_step * eps / config.pgd_steps
+    current = _random_start(x, eps, keys, lo_hi)
+    done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(config.pgd_steps):
+        rows = torch.nonzero(~done).flatten()
+        if len(rows) == 0:
+            break
+        g, _, logits = _ce_gradient(model, current[rows], target[rows], micro_batch)
+        hit = logits.argmax(1) != target[rows]
+        done[rows[hit]] = True
+        go = rows[~hit]
+        moved = current[go] + step[go].view(-1, 1, 1, 1) * _unit(g[~hit])
+        current[go] = _project(x[go], moved, eps[go], lo_hi)
+    rows = torch.nonzero(~done).flatten()
+    if len(rows):
+        done[rows] = _predictions(model, current[rows], micro_batch) != target[rows]
+    return current, done
+
+
+def _apgd(model, x, target, eps, config, keys, micro_batch):
+    """APGD (Croce & Hein 2020), L2, cross-entropy: momentum 0.75, step size halved at the
+    checkpoints where progress stalled, restarting from the best point; a row stops at its
+    first adversarial iterate."""
+    lo_hi = model.value_range
+    n = config.apgd_steps
+    checkpoints = _apgd_checkpoints(n)
+    eta = 2 * eps
+    current = _random_start(x, eps, keys, lo_hi)
+    prev = current.clone()
+    g, loss, logits = _ce_gradient(model, current, target, micro_batch)
+    done = logits.argmax(1) != target
+    best_loss, best_point, best_g = loss.clone(), current.clone(), g.clone()
+    improved = torch.zeros(len(x), device=x.device)
+    last_eta, last_best = eta.clone(), best_loss.clone()
+    last_check = 0
+    for k in range(n):
+        rows = torch.nonzero(~done).flatten()
+        if len(rows) == 0:
+            break
+        z = _project(
+            x[rows], current[rows] + eta[rows].view(-1, 1, 1, 1) * _unit(g[rows]), eps[rows], lo_hi
+        )
+        a = 0.75 if k > 0 else 1.0
+        new = current[rows] + a * (z - current[rows]) + (1 - a) * (current[rows] - prev[rows])
+        new = _project(x[rows], new, eps[rows], lo_hi)
+        prev[rows], current[rows] = current[rows], new
+        g_new, loss_new, logits = _ce_gradient(model, new, target[rows], micro_batch)
+        g[rows] = g_new
+        done[rows] = logits.argmax(1) != target[rows]
+        improved[rows] += (loss_new > loss[rows]).float()
+        loss[rows] = loss_new
+        better = loss_new > best_loss[rows]
+        best_loss[rows[better]] = loss_new[better]
+        best_point[rows[better]] = new[better]
+        best_g[rows[better]] = g_new[better]
+        if k + 1 in checkpoints:
+            span = k + 1 - last_check
+            stall = (improved < 0.75 * span) | ((eta == last_eta) & (best_loss == last_best))
+            stall &= ~done
+            last_eta, last_best = eta.clone(), best_loss.clone()
+            eta = torch.where(stall, eta / 2, eta)
+            current[stall], g[stall] = best_point[stall], best_g[stall]
+            improved.zero_()
+            last_check = k + 1
+    return current, done
+
+
+def _apgd_checkpoints(n: int) -> set[int]:
+    """Iterations ceil(p_j n) with p_0 = 0, p_1 = 0.22, p_j+1 = p_j + max(p_j - p_j-1 - 0.03,
+    0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return {math.ceil(q * n) for q in p[1:] if q <= 1}
+
+
+def _cw(model, x, target, config, micro_batch):
+    """Carlini-Wagner L2 (tanh box, Adam, binary search over the constant, as foolbox); each
+    row keeps its smallest adversarial perturbation and, within a binary step, stops once its
+    loss no longer falls (checked every tenth of the steps, foolbox's abort_early). Returns
+    points and distances (inf where none was found)."""
+    lo, hi = model.value_range
+    n = len(x)
+    const = torch.full((n,), config.cw_const, device=x.device)
+    lower = torch.zeros(n, device=x.device)
+    upper = torch.full((n,), math.inf, device=x.device)
+    best_point, best_dist = x.clone(), torch.full((n,), math.inf, device=x.device)
+    start = torch.atanh(((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+    check = max(1, config.cw_steps // 10)
+    for _ in range(config.cw_binary_steps):
+        w, m1, m2 = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
+        success = torch.zeros(n, dtype=torch.bool, device=x.device)
+        active = torch.ones(n, dtype=torch.bool, device=x.device)
+        last = torch.full((n,), math.inf, device=x.device)
+        for t in range(1, config.cw_steps + 1):
+            rows = torch.nonzero(active).flatten()
+            if len(rows) == 0:
+                break
+            g, loss, adv, dist, hit = _cw_gradient(
+                model, x[rows], target[rows], w[rows], const[rows], (lo, hi), micro_batch
+            )
+            success[rows] |= hit
+            closer = hit & (dist < best_dist[rows])
+            best_dist[rows[closer]] = dist[closer]
+            best_point[rows[closer]] = adv[closer]
+            m1[rows] = 0.9 * m1[rows] + 0.1 * g
+            m2[rows] = 0.999 * m2[rows] + 0.001 * g * g
+            step = (m1[rows] / (1 - 0.9**t)) / ((m2[rows] / (1 - 0.999**t)).sqrt() + 1e-8)
+            w[rows] = w[rows] - config.cw_lr * step
+            if t % check == 0:
+                stalled = loss > 0.9999 * last[rows]
+                active[rows[stalled]] = False
+                last[rows] = loss
+        upper = torch.where(success, torch.minimum(upper, const), upper)
+        lower = torch.where(success, lower, torch.maximum(lower, const))
+        const = torch.where(torch.isinf(upper), const * 10, (lower + upper) / 2)
+    return best_point, best_dist
+
+
+def _cw_gradient(model, x, target, w, const, value_range, micro_batch):
+    """CW's loss ||x' - x||^2 + c max(Z_c - max_j!=c Z_j, 0) at x' = tanh box(w), per row:
+    gradient w.r.t. w, loss, x', ||x' - x|| and whether x' is adversarial."""
+    lo, hi = value_range
+    out = {k: [] for k in ("g", "loss", "adv", "dist", "hit")}
+    for s in range(0, len(x), micro_batch):
+        sl = slice(s, s + micro_batch)
+        with torch.enable_grad():
+            wb = w[sl].detach().requires_grad_(True)
+            adv = lo + (hi - lo) * (torch.tanh(wb) + 1) / 2
+            logits = model(adv)
+            real = logits.gather(1, target[sl, None]).squeeze(1)
+            rival = logits.scatter(1, target[sl, None], -math.inf).amax(1)
+            sq = (adv - x[sl]).flatten(1).pow(2).sum(1)
+            loss = sq + const[sl] * (real - rival).clamp_min(0)
+            (g,) = torch.autograd.grad(loss.sum(), wb)
+        out["g"].append(g)
+        out["loss"].append(loss.detach())
+        out["adv"].append(adv.detach())
+        out["dist"].append(sq.detach().sqrt())
+        out["hit"].append(logits.detach().argmax(1) != target[sl])
+    return tuple(torch.cat(out[k]) for k in ("g", "loss", "adv", "dist", "hit"))
+
+
+def bsm(
+    model: PixelModel,
+    x: Tensor,
+    target: Tensor,
+    ctx: Context | None = None,
+    boundary: Boundary | None = None,
+) -> Tensor:
+    """Boundary-based saliency map: the gradient of the original class's logit at the boundary
+    point; NaN for samples whose search failed."""
+    from .saliency import grad
+
+    ctx = ctx or Context()
+    out = grad(model, boundary.point, target, ctx)
+    return torch.where(boundary.success.view(-1, 1, 1, 1), out, torch.nan)
+
+
+def big(
+    model: PixelModel,
+    x: Tensor,
+    target: Tensor,
+    ctx: Context | None = None,
+    boundary: Boundary | None = None,
+    n_steps: int = 20,
+) -> Tensor:
+    """Boundary-based integrated gradients: IG from the boundary point to x with the `ig`
+    quadrature (Gauss-Legendre), 20 steps; NaN for samples whose search failed."""
+    ctx = ctx or Context()
+    out = ig(model, x, target, ctx, n_steps=n_steps, baseline=boundary.point)
+    return torch.where(boundary.success.view(-1, 1, 1, 1), out, torch.nan)
+
+
+def agi(
+    model: PixelModel,
+    x: Tensor,
+    target: Tensor,
+    ctx: Context | None = None,
+    step: float = 0.05,
+    max_steps: int = 20,
+    max_classes: int = 20,
+    anchored: bool = False,
+) -> Tensor:
+    """Adversarial gradient integration. For each false class t (all when there are at most
+    `max_classes`, else that many drawn with the sample's generator) walk from x by steps of
+    `step` of the range along sign(grad p_t), clipped to the range, until the prediction is t
+    or `max_steps` steps are spent, accumulating -grad p_c(x_k) * (x_k+1 - x_k); sum over the
+    classes. `anchored` reproduces the authors' code, where every step starts again from x
+    (x_k+1 = x + step sign(grad p_t(x_k)), accumulating -grad p_c(x_k) * (x_k+1 - x))."""
+    ctx = ctx or Context()
+    lo, hi = model.value_range
+    classes = _false_classes(model.num_classes, target, max_classes, ctx.keys_for(len(x)))
+    n_classes = classes.shape[1]
+    image = torch.arange(len(x), device=x.device).repeat_interleave(n_classes)
+    rival, own = classes.flatten(), target[image]
+    current = x[image].clone()
+    active = torch.ones(len(image), dtype=torch.bool, device=x.device)
+    out = torch.zeros_like(x)
+    for _ in range(max_steps):
+        rows = torch.nonzero(active).flatten()
+        if len(rows) == 0:
+            break
+        g_rival, g_own, pred = _probability_gradients(
+            model, current[rows], rival[rows], own[rows], ctx.micro_batch
+        )
+        reached = pred == rival[rows]
+        active[rows[reached]] = False
+        rows, g_rival, g_own = rows[~reached], g_rival[~reached], g_own[~reached]
+        origin = x[image[rows]] if anchored else current[rows]
+        moved = (origin + step * (hi - lo) * g_rival.sign()).clamp(lo, hi)
+        out.index_add_(0, image[rows], -g_own * (moved - origin))
+        current[rows] = moved
+    return out
+
+
+def _false_classes(n: int, target: Tensor, most: int, keys: list[str]) -> Tensor:
+    """(B, T) false classes per image: all n - 1, or `most` drawn with the sample's key."""
+    rows = []
+    for t, key in zip(target.tolist(), keys, strict=True):
+        false = [c for c in range(n) if c != t]
+        if len(false) > most:
+            order = torch.randperm(len(false), generator=generator(f"{key}/agi-classes", "cpu"))
+            false = sorted(false[i] for i in order[:most].tolist())
+        rows.append(false)
+    return torch.tensor(rows, device=target.device)
+
+
+def _probability_gradients(model, x, rival, own, micro_batch):
+    """Per row: grad p_rival, grad p_own (softmax probabilities) and the prediction."""
+    g_rival, g_own, pred = [], [], []
+    for s in range(0, len(x), micro_batch):
+        sl = slice(s, s + micro_batch)
+        with torch.enable_grad():
+            xb = x[sl].detach().requires_grad_(True)
+            logits = model(xb)
+            p = logits.softmax(1)
+            (gr,) = torch.autograd.grad(p.gather(1, rival[sl, None]).sum(), xb, retain_graph=True)
+            (go,) = torch.autograd.grad(p.gather(1, own[sl, None]).sum(), xb)
+        g_rival.append(gr)
+        g_own.append(go)
+        pred.append(logits.detach().argmax(1))
+    return torch.cat(g_rival), torch.cat(g_own), torch.cat(pred)

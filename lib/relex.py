@@ -1,0 +1,95 @@
+"""RelEx: a saliency mask learned from a batch of noisy copies (paper relex-*.txt, METHODS.md).
+
+J(m) = mean_i[-log p_c(m x_i + (1 - m) b)] + l1 sum(m) + l2 mean_i[-log(1 - p_c((1 - m) x_i + m b)
++ 1e-7)], x_i = x + N(0, sigma^2) drawn afresh every iteration, m in [0, 1] per pixel and
+channel, b the data's mean colour. SGD with momentum on the per-image unit-norm gradient, m
+clamped to [0, 1] after every step. All images of a call are optimised together, the copies of
+all images going through the model in micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .batching import generator
+from .models import PixelModel
+from .saliency import Context
+
+Tensor = torch.Tensor
+REFERENCE_ELEMENTS = 3 * 224 * 224  # d0: the input size the authors' constants belong to
+AUTHORS_L1 = 1e-4  # on a sum over all elements at d0
+AUTHORS_LR = 0.1  # at d0
+
+
+def scaled_l1(d: int) -> float:
+    """The authors' l1 (1e-4 at 3x224x224) scaled by d0 / d: the same per-element weight."""
+    return AUTHORS_L1 * REFERENCE_ELEMENTS / d
+
+
+def scaled_lr(d: int) -> float:
+    """The authors' learning rate (0.1 at 3x224x224) scaled by sqrt(d / d0): a unit-norm step
+    then moves each element as far as at d0."""
+    return AUTHORS_LR * math.sqrt(d / REFERENCE_ELEMENTS)
+
+
+def relex(
+    model: PixelModel,
+    x: Tensor,
+    target: Tensor,
+    ctx: Context | None = None,
+    n_noise: int = 50,
+    noise: float = 0.1,
+    iterations: int = 50,
+    l1: float | None = None,
+    l2: float = 1.0,
+    lr: float | None = None,
+    momentum: float = 0.99,
+    init: float = 0.01,
+) -> Tensor:
+    """The RelEx mask in [0, 1] of x's shape; `l1` and `lr` default to the authors' values
+    scaled to x's size (`scaled_l1`, `scaled_lr`)."""
+    ctx = ctx or Context()
+    keys = ctx.keys_for(len(x))
+    d = x[0].numel()
+    l1 = scaled_l1(d) if l1 is None else l1
+    lr = scaled_lr(d) if lr is None else lr
+    sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
+    b = model.baseline_colour.to(x).expand_as(x[:1])
+    draws = [generator(f"{k}/relex", x.device) for k in keys]
+    mask = torch.cat([torch.rand(x[:1].shape, generator=g, device=x.device) * init for g in draws])
+    velocity = torch.zeros_like(mask)
+    for _ in range(iterations):
+        copies = torch.stack(
+            [torch.randn((n_noise, *x.shape[1:]), generator=g, device=x.device) for g in draws]
+        )  # (B, N, C, H, W): each image's copies from its own stream
+        copies = x[:, None] + sigma.view(-1, 1, 1, 1, 1) * copies
+        grad = _data_gradient(model, mask, copies, target, b, l2, ctx.micro_batch) + l1
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        velocity = momentum * velocity + grad / norm
+        mask = (mask - lr * velocity).clamp(0, 1)
+    return mask
+
+
+def _data_gradient(model, mask, copies, target, b, l2, micro_batch) -> Tensor:
+    """Gradient w.r.t. the mask of the two data terms of J, per image (B, C, H, W). Each copy
+    gives two rows: the kept part (m x_i + (1 - m) b) and the removed part ((1 - m) x_i + m b)."""
+    n_images, n_noise = copies.shape[:2]
+    n_rows = n_images * 2 * n_noise
+    grad = torch.zeros_like(mask)
+    for start in range(0, n_rows, micro_batch):
+        rows = torch.arange(start, min(start + micro_batch, n_rows), device=mask.device)
+        image, rest = rows // (2 * n_noise), rows % (2 * n_noise)
+        removed = (rest % 2 == 1).view(-1, 1, 1, 1)
+        with torch.enable_grad():
+            m = mask[image].requires_grad_(True)
+            keep = torch.where(removed, 1 - m, m)
+            inputs = keep * copies[image, rest // 2] + (1 - keep) * b
+            logp = F.log_softmax(model(inputs), dim=1).gather(1, target[image, None]).squeeze(1)
+            removed_loss = -torch.log(1 - logp.exp() + 1e-7)
+            loss = torch.where(removed.view(-1), l2 * removed_loss, -logp).sum() / n_noise
+            (g,) = torch.autograd.grad(loss, m)
+        grad.index_add_(0, image, g)
+    return grad
