@@ -67,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a boundary-search setting for bsm and big, e.g. finders=('pgd',) or "
-        "radii=(1,2,4) (repeatable)",
+        help="a boundary-search setting for bsm and big, e.g. finders=pgd,cw or radii=1,2,4 "
+        "(repeatable)",
     )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 

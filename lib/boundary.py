@@ -43,6 +43,8 @@ class BoundaryConfig:
     refine_steps: int = 5  # salaudit's polish of the closest candidate (0: off)
 
     def __post_init__(self):
+        if isinstance(self.finders, str):  # "pgd,cw" from a command line
+            object.__setattr__(self, "finders", tuple(self.finders.split(",")))
         unknown = set(self.finders) - set(FINDERS)
         if unknown or not self.finders:
             raise SalauditError(

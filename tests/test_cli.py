@@ -115,3 +115,33 @@ def test_acceptance_command(where, tmp_path, request):
     assert set(tree["decoys/dance/saliency"].ds.data_vars) == {"grad", "ig"}
     assert set(tree["decoys/blur/saliency"].ds.data_vars) == {"ig"}
     assert not np.isnan(tree["maps"].ds["dance-ig"].values).any()
+
+
+@pytest.mark.slow
+def test_robust_acceptance_command(tmp_path):
+    """The robust issue's command: relex, bsm, big, agi on 16 images; maps and boundary."""
+    store = str(tmp_path / "robust")
+    out = salaudit(
+        "explain",
+        "--model",
+        "builtin:digit-scenes-cnn",
+        "--data",
+        "builtin:digit-scenes",
+        "--methods",
+        "relex,bsm,big,agi",
+        "--limit",
+        "16",
+        "--store",
+        store,
+        "--quiet",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "boundary search found no adversarial point for 0 of 16 samples" in out.stdout
+    tree = xr.open_datatree(store, engine="zarr")
+    maps = tree["maps"].ds
+    assert set(maps.data_vars) == {"relex", "bsm", "big", "agi"}
+    assert maps.sizes["sample"] == 16 and not np.isnan(maps["big"].values).any()
+    boundary = tree["boundary"].ds
+    assert set(boundary.data_vars) >= {"point", "distance", "success", "finder"}
+    assert boundary["success"].values.all()
+    assert boundary["finder"].attrs["codes"] == {"0": "none", "1": "pgd", "2": "cw", "3": "apgd"}
