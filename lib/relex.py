@@ -78,21 +78,26 @@ def relex(
 
 def _data_gradient(model, mask, copies, target, b, l2, micro_batch) -> Tensor:
     """Gradient w.r.t. the mask of the two data terms of J, per image (B, C, H, W). Each copy
-    gives two rows: the kept part (m x_i + (1 - m) b) and the removed part ((1 - m) x_i + m b)."""
+    gives two rows, the kept part (m x_i + (1 - m) b) and the removed part ((1 - m) x_i + m b);
+    a micro-batch holds whole images' copies where they fit, else a slice of one image's."""
     n_images, n_noise = copies.shape[:2]
-    n_rows = n_images * 2 * n_noise
+    per_call = max(1, micro_batch // 2)  # copies per model call
+    images, noise = max(1, per_call // n_noise), min(n_noise, per_call)
     grad = torch.zeros_like(mask)
-    for start in range(0, n_rows, micro_batch):
-        rows = torch.arange(start, min(start + micro_batch, n_rows), device=mask.device)
-        image, rest = rows // (2 * n_noise), rows % (2 * n_noise)
-        removed = (rest % 2 == 1).view(-1, 1, 1, 1)
-        with torch.enable_grad():
-            m = mask[image].requires_grad_(True)
-            keep = torch.where(removed, 1 - m, m)
-            inputs = keep * copies[image, rest // 2] + (1 - keep) * b
-            logp = F.log_softmax(model(inputs), dim=1).gather(1, target[image, None]).squeeze(1)
-            removed_loss = -torch.log(1 - logp.exp() + 1e-7)
-            loss = torch.where(removed.view(-1), l2 * removed_loss, -logp).sum() / n_noise
-            (g,) = torch.autograd.grad(loss, m)
-        grad.index_add_(0, image, g)
+    for i in range(0, n_images, images):
+        rows, t = slice(i, i + images), target[i : i + images, None]
+        for j in range(0, n_noise, noise):
+            x = copies[rows, j : j + noise]  # (k, n, C, H, W)
+            with torch.enable_grad():
+                m = mask[rows].detach().requires_grad_(True)
+                mm = m[:, None]
+                both = torch.cat([mm * x + (1 - mm) * b, (1 - mm) * x + mm * b], 1)
+                logp = F.log_softmax(model(both.flatten(0, 1)), 1).view(
+                    len(x), -1, model.num_classes
+                )
+                logp = logp.gather(2, t[:, :, None].expand(-1, logp.shape[1], 1)).squeeze(2)
+                kept, removed = logp.split(x.shape[1], 1)
+                loss = -kept.sum() - l2 * torch.log(1 - removed.exp() + 1e-7).sum()
+                (g,) = torch.autograd.grad(loss / n_noise, m)
+            grad[rows] += g
     return grad
