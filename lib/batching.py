@@ -50,6 +50,14 @@ def target_gradient(
     return grad, logits.detach()
 
 
+def predictions(model: torch.nn.Module, x: torch.Tensor, micro_batch: int) -> torch.Tensor:
+    """The predicted class of each row, in micro-batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat(
+            [model(x[s : s + micro_batch]).argmax(1) for s in range(0, len(x), micro_batch)]
+        )
+
+
 def row_gradients(
     model: torch.nn.Module, n_rows: int, build: RowBuilder, micro_batch: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]:

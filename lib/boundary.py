@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .batching import generator, keyed_normal
+from .batching import generator, keyed_normal, predictions
 from .errors import SalauditError
 from .models import PixelModel
 from .saliency import Context, ig
@@ -124,13 +124,13 @@ def _refine(model, x, target, point, steps: int, micro_batch: int) -> Tensor:
     lo, hi = model.value_range
     point = _bisect(model, x, target, point, micro_batch)
     for _ in range(steps):
-        rival = _predictions(model, point, micro_batch)
+        rival = predictions(model, point, micro_batch)
         g, margin = _margin_gradient(model, point, target, rival, micro_batch)
         # the plane margin + g . (z - point) = 0; its closest point to x
         lam = (margin + (g * (x - point)).flatten(1).sum(1)) / g.flatten(1).pow(2).sum(1)
         plane = x - lam.clamp_min(0).view(-1, 1, 1, 1) * g
         beyond = (x + 1.01 * (plane - x)).clamp(lo, hi)  # just past the plane
-        ok = _predictions(model, beyond, micro_batch) != target
+        ok = predictions(model, beyond, micro_batch) != target
         candidate = _bisect(model, x, target, torch.where(_rows(ok), beyond, point), micro_batch)
         closer = ok & (_norm(candidate - x) < _norm(point - x))
         point = torch.where(_rows(closer), candidate, point)
@@ -144,7 +144,7 @@ def _bisect(model, x, target, point, micro_batch, rounds: int = 20) -> Tensor:
     far = torch.ones(len(x), device=x.device)
     for _ in range(rounds):
         mid = (near + far) / 2
-        adv = _predictions(model, x + _rows(mid) * (point - x), micro_batch) != target
+        adv = predictions(model, x + _rows(mid) * (point - x), micro_batch) != target
         far, near = torch.where(adv, mid, far), torch.where(adv, near, mid)
     return x + _rows(far) * (point - x)
 
@@ -170,13 +170,6 @@ def _rows(v: Tensor) -> Tensor:
 
 def _norm(v: Tensor) -> Tensor:
     return v.flatten(1).norm(dim=1)
-
-
-def _predictions(model: PixelModel, x: Tensor, micro_batch: int) -> Tensor:
-    with torch.no_grad():
-        return torch.cat(
-            [model(x[s : s + micro_batch]).argmax(1) for s in range(0, len(x), micro_batch)]
-        )
 
 
 def _ce_gradient(model, x, target, micro_batch) -> tuple[Tensor, Tensor, Tensor]:
@@ -257,7 +250,7 @@ def _pgd(model, x, target, eps, config, keys, micro_batch):
         current[go] = _project(x[go], moved, eps[go], lo_hi)
     rows = torch.nonzero(~done).flatten()
     if len(rows):
-        done[rows] = _predictions(model, current[rows], micro_batch) != target[rows]
+        done[rows] = predictions(model, current[rows], micro_batch) != target[rows]
     return current, done
 
 

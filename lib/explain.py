@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .batching import micro_batch_size
+from .batching import micro_batch_size, predictions
 from .boundary import FINDER_CODES, Boundary, BoundaryConfig, find_boundary
 from .data import Dataset, load_dataset
 from .decoys import DecoyConfig, Decoys, make_decoys, masks_for
@@ -317,8 +317,7 @@ def run_inputs(run: Run, start: int, stop: int) -> dict:
     if run.store.is_done("inputs", start, stop):
         return {"stage": "inputs", "start": start, "stop": stop, "skipped": True}
     batch = run.dataset.load(run.samples[start:stop])
-    with torch.no_grad():
-        pred = _predict(run, batch.image.to(run.device))
+    pred = predictions(run.model, batch.image.to(run.device), run.micro_batch)
     run.store.write("inputs/image", start, batch.image.numpy())
     run.store.write("inputs/label", start, batch.label.numpy())
     run.store.write("inputs/prediction", start, pred.cpu().numpy())
@@ -326,13 +325,6 @@ def run_inputs(run: Run, start: int, stop: int) -> dict:
         run.store.write("inputs/bbox", start, batch.bbox.numpy())
     run.store.mark_done("inputs", start, stop)
     return {"stage": "inputs", "start": start, "stop": stop, "skipped": False}
-
-
-def _predict(run: Run, x: torch.Tensor) -> torch.Tensor:
-    out = [
-        run.model(x[s : s + run.micro_batch]).argmax(1) for s in range(0, len(x), run.micro_batch)
-    ]
-    return torch.cat(out)
 
 
 def run_maps(run: Run, start: int, stop: int, on_method: Callable[[str], None] | None = None):
