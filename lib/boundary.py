@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .batching import generator, keyed_normal, predictions
 from .errors import SalauditError
 from .models import PixelModel
-from .saliency import Context, ig
+from .saliency import Context, grad, ig
 
 Tensor = torch.Tensor
 FINDERS = ("pgd", "cw", "apgd")
@@ -88,17 +88,14 @@ def find_boundary(
     )
     found_radius = torch.full((len(x),), math.inf, device=x.device)
     for name in config.finders:
-        if name == "pgd":
+        if name == "cw":
+            point, dist = _cw(model, x, target, config, ctx.micro_batch)
+        else:  # a ladder tries only radii below the smallest an earlier ladder succeeded at
+            attack = _pgd if name == "pgd" else _apgd
             point, dist, radius = _ladder(
-                model, x, target, config, keys, ctx.micro_batch, _pgd, "pgd", found_radius
+                model, x, target, config, keys, ctx.micro_batch, attack, name, found_radius
             )
             found_radius = torch.minimum(found_radius, radius)
-        elif name == "apgd":
-            point, dist, radius = _ladder(
-                model, x, target, config, keys, ctx.micro_batch, _apgd, "apgd", found_radius
-            )
-        else:
-            point, dist = _cw(model, x, target, config, ctx.micro_batch)
         best.by_finder[name] = torch.where(torch.isfinite(dist), dist, torch.nan)
         closer = dist < best.distance
         best.point[closer] = point[closer]
@@ -110,7 +107,7 @@ def find_boundary(
         best.point[rows] = _refine(
             model, x[rows], target[rows], best.point[rows], config.refine_steps, ctx.micro_batch
         )
-        best.distance[rows] = (best.point[rows] - x[rows]).flatten(1).norm(dim=1)
+        best.distance[rows] = _norm(best.point[rows] - x[rows])
     best.distance = torch.where(best.success, best.distance, torch.nan)
     return best
 
@@ -125,10 +122,10 @@ def _refine(model, x, target, point, steps: int, micro_batch: int) -> Tensor:
     point = _bisect(model, x, target, point, micro_batch)
     for _ in range(steps):
         rival = predictions(model, point, micro_batch)
-        g, margin = _margin_gradient(model, point, target, rival, micro_batch)
+        g, margin, _ = _loss_gradient(model, point, _margin(target, rival), micro_batch)
         # the plane margin + g . (z - point) = 0; its closest point to x
         lam = (margin + (g * (x - point)).flatten(1).sum(1)) / g.flatten(1).pow(2).sum(1)
-        plane = x - lam.clamp_min(0).view(-1, 1, 1, 1) * g
+        plane = x - _rows(lam.clamp_min(0)) * g
         beyond = (x + 1.01 * (plane - x)).clamp(lo, hi)  # just past the plane
         ok = predictions(model, beyond, micro_batch) != target
         candidate = _bisect(model, x, target, torch.where(_rows(ok), beyond, point), micro_batch)
@@ -149,21 +146,6 @@ def _bisect(model, x, target, point, micro_batch, rounds: int = 20) -> Tensor:
     return x + _rows(far) * (point - x)
 
 
-def _margin_gradient(model, x, target, rival, micro_batch) -> tuple[Tensor, Tensor]:
-    """Per row: the gradient of Z_target - Z_rival and its value."""
-    grads, values = [], []
-    for s in range(0, len(x), micro_batch):
-        sl = slice(s, s + micro_batch)
-        with torch.enable_grad():
-            xb = x[sl].detach().requires_grad_(True)
-            z = model(xb)
-            margin = z.gather(1, target[sl, None]) - z.gather(1, rival[sl, None])
-            (g,) = torch.autograd.grad(margin.sum(), xb)
-        grads.append(g)
-        values.append(margin.detach().squeeze(1))
-    return torch.cat(grads), torch.cat(values)
-
-
 def _rows(v: Tensor) -> Tensor:
     return v.view(-1, 1, 1, 1)
 
@@ -172,31 +154,41 @@ def _norm(v: Tensor) -> Tensor:
     return v.flatten(1).norm(dim=1)
 
 
-def _ce_gradient(model, x, target, micro_batch) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row: gradient of the cross-entropy of `target`, the loss and the logits."""
-    grads, losses, logits = [], [], []
+def _loss_gradient(model, x, per_row, micro_batch) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: the gradient w.r.t. x of `per_row(logits, rows)` (one value per row), its value
+    and the logits, in micro-batches."""
+    grads, values, logits = [], [], []
     for s in range(0, len(x), micro_batch):
+        rows = slice(s, s + micro_batch)
         with torch.enable_grad():
-            xb = x[s : s + micro_batch].detach().requires_grad_(True)
+            xb = x[rows].detach().requires_grad_(True)
             out = model(xb)
-            loss = F.cross_entropy(out, target[s : s + micro_batch], reduction="none")
-            (g,) = torch.autograd.grad(loss.sum(), xb)
+            value = per_row(out, rows)
+            (g,) = torch.autograd.grad(value.sum(), xb)
         grads.append(g)
-        losses.append(loss.detach())
+        values.append(value.detach())
         logits.append(out.detach())
-    return torch.cat(grads), torch.cat(losses), torch.cat(logits)
+    return torch.cat(grads), torch.cat(values), torch.cat(logits)
+
+
+def _cross_entropy(target: Tensor):
+    return lambda logits, rows: F.cross_entropy(logits, target[rows], reduction="none")
+
+
+def _margin(target: Tensor, rival: Tensor):
+    """Z_target - Z_rival per row."""
+    return lambda z, rows: (z.gather(1, target[rows, None]) - z.gather(1, rival[rows, None]))[:, 0]
 
 
 def _project(x: Tensor, candidate: Tensor, eps: Tensor, value_range) -> Tensor:
     """Onto the L2 ball of radius eps (per row) around x, then into the pixel range."""
     delta = candidate - x
-    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    delta = delta * (eps / norm).clamp(max=1).view(-1, 1, 1, 1)
+    delta = delta * _rows((eps / _norm(delta).clamp_min(1e-12)).clamp(max=1))
     return (x + delta).clamp(*value_range)
 
 
 def _unit(g: Tensor) -> Tensor:
-    return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return g / _rows(_norm(g).clamp_min(1e-12))
 
 
 def _random_start(x: Tensor, eps: Tensor, keys: list[str], value_range) -> Tensor:
@@ -206,7 +198,7 @@ def _random_start(x: Tensor, eps: Tensor, keys: list[str], value_range) -> Tenso
         [torch.rand((), generator=generator(k + "/r", x.device), device=x.device) for k in keys]
     )
     radius = eps * u ** (1 / x[0].numel())
-    return (x + direction * radius.view(-1, 1, 1, 1)).clamp(*value_range)
+    return (x + direction * _rows(radius)).clamp(*value_range)
 
 
 def _ladder(model, x, target, config, keys, micro_batch, attack, name, below):
@@ -225,7 +217,7 @@ def _ladder(model, x, target, config, keys, micro_batch, attack, name, below):
         adv, ok = attack(model, x[todo], target[todo], eps, config, sub_keys, micro_batch)
         hit = todo[ok]
         point[hit] = adv[ok]
-        dist[hit] = (adv[ok] - x[hit]).flatten(1).norm(dim=1)
+        dist[hit] = _norm(adv[ok] - x[hit])
         radius[hit] = r * unit
     return point, dist, radius
 
@@ -242,11 +234,13 @@ def _pgd(model, x, target, eps, config, keys, micro_batch):
         rows = torch.nonzero(~done).flatten()
         if len(rows) == 0:
             break
-        g, _, logits = _ce_gradient(model, current[rows], target[rows], micro_batch)
+        g, _, logits = _loss_gradient(
+            model, current[rows], _cross_entropy(target[rows]), micro_batch
+        )
         hit = logits.argmax(1) != target[rows]
         done[rows[hit]] = True
         go = rows[~hit]
-        moved = current[go] + step[go].view(-1, 1, 1, 1) * _unit(g[~hit])
+        moved = current[go] + _rows(step[go]) * _unit(g[~hit])
         current[go] = _project(x[go], moved, eps[go], lo_hi)
     rows = torch.nonzero(~done).flatten()
     if len(rows):
@@ -264,7 +258,7 @@ def _apgd(model, x, target, eps, config, keys, micro_batch):
     eta = 2 * eps
     current = _random_start(x, eps, keys, lo_hi)
     prev = current.clone()
-    g, loss, logits = _ce_gradient(model, current, target, micro_batch)
+    g, loss, logits = _loss_gradient(model, current, _cross_entropy(target), micro_batch)
     done = logits.argmax(1) != target
     best_loss, best_point, best_g = loss.clone(), current.clone(), g.clone()
     improved = torch.zeros(len(x), device=x.device)
@@ -274,14 +268,14 @@ def _apgd(model, x, target, eps, config, keys, micro_batch):
         rows = torch.nonzero(~done).flatten()
         if len(rows) == 0:
             break
-        z = _project(
-            x[rows], current[rows] + eta[rows].view(-1, 1, 1, 1) * _unit(g[rows]), eps[rows], lo_hi
-        )
+        z = _project(x[rows], current[rows] + _rows(eta[rows]) * _unit(g[rows]), eps[rows], lo_hi)
         a = 0.75 if k > 0 else 1.0
         new = current[rows] + a * (z - current[rows]) + (1 - a) * (current[rows] - prev[rows])
         new = _project(x[rows], new, eps[rows], lo_hi)
         prev[rows], current[rows] = current[rows], new
-        g_new, loss_new, logits = _ce_gradient(model, new, target[rows], micro_batch)
+        g_new, loss_new, logits = _loss_gradient(
+            model, new, _cross_entropy(target[rows]), micro_batch
+        )
         g[rows] = g_new
         done[rows] = logits.argmax(1) != target[rows]
         improved[rows] += (loss_new > loss[rows]).float()
@@ -383,15 +377,13 @@ def bsm(
     x: Tensor,
     target: Tensor,
     ctx: Context | None = None,
-    boundary: Boundary | None = None,
+    *,
+    boundary: Boundary,
 ) -> Tensor:
     """Boundary-based saliency map: the gradient of the original class's logit at the boundary
     point; NaN for samples whose search failed."""
-    from .saliency import grad
-
-    ctx = ctx or Context()
-    out = grad(model, boundary.point, target, ctx)
-    return torch.where(boundary.success.view(-1, 1, 1, 1), out, torch.nan)
+    out = grad(model, boundary.point, target, ctx or Context())
+    return torch.where(_rows(boundary.success), out, torch.nan)
 
 
 def big(
@@ -399,14 +391,14 @@ def big(
     x: Tensor,
     target: Tensor,
     ctx: Context | None = None,
-    boundary: Boundary | None = None,
+    *,
+    boundary: Boundary,
     n_steps: int = 20,
 ) -> Tensor:
     """Boundary-based integrated gradients: IG from the boundary point to x with the `ig`
     quadrature (Gauss-Legendre), 20 steps; NaN for samples whose search failed."""
-    ctx = ctx or Context()
-    out = ig(model, x, target, ctx, n_steps=n_steps, baseline=boundary.point)
-    return torch.where(boundary.success.view(-1, 1, 1, 1), out, torch.nan)
+    out = ig(model, x, target, ctx or Context(), n_steps=n_steps, baseline=boundary.point)
+    return torch.where(_rows(boundary.success), out, torch.nan)
 
 
 def agi(
