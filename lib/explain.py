@@ -242,23 +242,20 @@ def _layout_boundary(run: Run) -> None:
 
 def _boundary(run: Run, x, target, start: int, stop: int) -> Boundary:
     """The boundary search of samples [start, stop): read back where done, else run and
-    written with its done-marker."""
-    store = run.store
+    written with its done-marker (points NaN where none was found)."""
+    store, fields = run.store, ("point", "distance", "success", "finder")
     if store.is_done("boundary", start, stop):
-        point = torch.from_numpy(store.read("boundary/point", start, stop)).to(x.device)
-        success = torch.from_numpy(store.read("boundary/success", start, stop)).to(x.device)
-        distance = torch.from_numpy(store.read("boundary/distance", start, stop)).to(x.device)
-        finder = torch.from_numpy(store.read("boundary/finder", start, stop)).to(x.device)
-        return Boundary(torch.where(success.view(-1, 1, 1, 1), point, x), distance, success, finder)
+        read = {f: torch.from_numpy(store.read(f"boundary/{f}", start, stop)) for f in fields}
+        found = Boundary(**{f: v.to(x.device) for f, v in read.items()})
+        found.point = torch.where(found.success.view(-1, 1, 1, 1), found.point, x)
+        return found
     ctx = Context(run.keys(start, stop, "boundary"), run.micro_batch, run.references)
     found = find_boundary(run.model, x, target, run.boundary_config(), ctx)
-    point = torch.where(found.success.view(-1, 1, 1, 1), found.point, torch.nan)
-    store.write("boundary/point", start, point.cpu().numpy())
-    store.write("boundary/distance", start, found.distance.cpu().numpy())
-    store.write("boundary/success", start, found.success.cpu().numpy())
-    store.write("boundary/finder", start, found.finder.cpu().numpy())
-    for finder, dist in found.by_finder.items():
-        store.write(f"boundary/distance_{finder}", start, dist.cpu().numpy())
+    stored = {f: getattr(found, f) for f in fields}
+    stored["point"] = torch.where(found.success.view(-1, 1, 1, 1), found.point, torch.nan)
+    stored |= {f"distance_{name}": dist for name, dist in found.by_finder.items()}
+    for name, value in stored.items():
+        store.write(f"boundary/{name}", start, value.cpu().numpy())
     store.mark_done("boundary", start, stop)
     return found
 

@@ -337,3 +337,29 @@ def test_bad_input_is_refused_clearly(model, batch8, tmp_path):
     with pytest.raises(SalauditError, match=r"unknown boundary finder"):
         run(tmp_path / "s", boundary={"finders": ("nope",)})
     assert not (tmp_path / "s").exists()
+
+
+def test_a_later_method_reuses_the_stored_boundary(tmp_path):
+    """Adding `big` to a store that has `bsm` reads the boundary back, and gets the maps a
+    fresh run gets."""
+
+    def explain_into(store, methods):
+        config = ExplainConfig(
+            model="builtin:digit-scenes-cnn",
+            data="builtin:digit-scenes",
+            methods=methods,
+            store=str(store),
+            selection=Selection("first", 3),
+            device="cpu",
+            boundary_params={"finders": ("pgd",)},
+        )
+        return explain(config, progress=False)
+
+    explain_into(tmp_path / "a", ["bsm"])
+    before = xr.open_zarr(str(tmp_path / "a"), group="boundary", chunks=None)["point"].values
+    assert explain_into(tmp_path / "a", ["bsm", "big"])["computed"] == 1
+    explain_into(tmp_path / "b", ["big"])
+    after = xr.open_zarr(str(tmp_path / "a"), group="boundary", chunks=None)["point"].values
+    assert np.array_equal(before, after)
+    a, b = (xr.open_zarr(str(tmp_path / s), group="maps", chunks=None)["big"].values for s in "ab")
+    assert np.array_equal(a, b)
