@@ -22,6 +22,13 @@ def salaudit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=3000)
 
 
+def explain_16(methods: str, store: str, *extra: str) -> subprocess.CompletedProcess:
+    """The issues' acceptance command: the default model and data, 16 images."""
+    model, data = "builtin:digit-scenes-cnn", "builtin:digit-scenes"
+    args = f"explain --model {model} --data {data} --methods {methods} --limit 16 --quiet"
+    return salaudit(*args.split(), "--store", store, *extra)
+
+
 def test_explain_and_show(tmp_path):
     store = str(tmp_path / "demo")
     code = main(
@@ -69,6 +76,9 @@ def test_errors_name_the_problem_and_exit_2(tmp_path, capsys):
         == 2
     )
     assert "layer 'pool9' is not in model" in capsys.readouterr().err
+    bad_finder = ["explain", "--methods", "bsm", "--boundary", "finders=pgd,fgsm", "--store", store]
+    assert main(bad_finder) == 2
+    assert "unknown boundary finder(s) ['fgsm']" in capsys.readouterr().err
     assert main(["explain", "--methods", "grad", "--limit", "2", "--store", store, "--quiet"]) == 0
     assert main(["show", "--store", store, "--sample", "99999", "--out", "x.png"]) == 2
     assert "sample 99999 is not in store" in capsys.readouterr().err
@@ -86,21 +96,7 @@ def test_acceptance_command(where, tmp_path, request):
     store = (
         str(tmp_path / "demo") if where == "local" else request.getfixturevalue("bucket") + "/demo"
     )
-    out = salaudit(
-        "explain",
-        "--model",
-        "builtin:digit-scenes-cnn",
-        "--data",
-        "builtin:digit-scenes",
-        "--methods",
-        "grad,ig,smoothgrad,dance-grad,dance-ig,blur-ig",
-        "--limit",
-        "16",
-        "--store",
-        store,
-        "--keep-decoys",
-        "--quiet",
-    )
+    out = explain_16("grad,ig,smoothgrad,dance-grad,dance-ig,blur-ig", store, "--keep-decoys")
     assert out.returncode == 0, out.stderr
     tree = xr.open_datatree(store, engine="zarr")
     assert set(tree["maps"].ds.data_vars) == {
@@ -121,20 +117,7 @@ def test_acceptance_command(where, tmp_path, request):
 def test_robust_acceptance_command(tmp_path):
     """The robust issue's command: relex, bsm, big, agi on 16 images; maps and boundary."""
     store = str(tmp_path / "robust")
-    out = salaudit(
-        "explain",
-        "--model",
-        "builtin:digit-scenes-cnn",
-        "--data",
-        "builtin:digit-scenes",
-        "--methods",
-        "relex,bsm,big,agi",
-        "--limit",
-        "16",
-        "--store",
-        store,
-        "--quiet",
-    )
+    out = explain_16("relex,bsm,big,agi", store)
     assert out.returncode == 0, out.stderr
     assert "boundary search found no adversarial point for 0 of 16 samples" in out.stdout
     tree = xr.open_datatree(store, engine="zarr")
