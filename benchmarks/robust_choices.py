@@ -18,7 +18,8 @@ from salaudit.relex import relex, scaled_l1
 from salaudit.saliency import Context
 from salaudit.selection import Selection, select_samples
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # support.linear_model
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from support import closest_linear_boundary  # noqa: E402
 
 
 def relex_sweep(n: int) -> None:
@@ -49,19 +50,8 @@ def linear_boundary() -> None:
     model = load_model("python:support:linear_model")
     x = load_dataset("builtin:digit-scenes").load(range(64)).image
     with torch.no_grad():
-        z = model(x)
-    t = z.argmax(1)
-    w = model.net[1].weight.detach()
-    exact, inside = [], []
-    for i, c in enumerate(t.tolist()):
-        diff, margin = w[c] - w, z[i, c] - z[i]
-        r = margin / diff.norm(dim=1)
-        r[c] = torch.inf
-        j = int(r.argmin())
-        point = x[i].flatten() - margin[j] / diff[j].norm() ** 2 * diff[j]
-        exact.append(r[j])
-        inside.append(bool(((point >= 0) & (point <= 1)).all()))
-    exact, inside = torch.stack(exact), torch.tensor(inside)
+        t = model(x).argmax(1)
+    exact, inside = closest_linear_boundary(model, x, t)
     print(f"\n{int(inside.sum())} of 64 closest points inside the box")
     print("| finder | max rel. error (mean), no polish | with polish |\n|---|---|---|")
     for finders in [("cw",), ("pgd",), ("apgd",), ("pgd", "cw", "apgd")]:

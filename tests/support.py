@@ -14,6 +14,25 @@ def linear_model() -> nn.Module:
     return net
 
 
+def closest_linear_boundary(model, x: torch.Tensor, target: torch.Tensor):
+    """For a PixelModel around `linear_model`: per image the L2 distance to the closest decision
+    boundary (box ignored) and whether that closest point lies inside the pixel range."""
+    shape = model.input_shape
+    w = model.net[1].weight.detach() / model.std.flatten().repeat_interleave(shape[1] * shape[2])
+    with torch.no_grad():
+        z = model(x)
+    dist, inside = [], []
+    for i, c in enumerate(target.tolist()):
+        diff, margin = w[c] - w, z[i, c] - z[i]  # (classes, d), (classes,)
+        r = margin / diff.norm(dim=1)
+        r[c] = torch.inf
+        j = int(r.argmin())
+        point = x[i].flatten() - margin[j] / diff[j].norm() ** 2 * diff[j]
+        dist.append(r[j])
+        inside.append(bool(((point >= 0) & (point <= 1)).all()))
+    return torch.stack(dist), torch.tensor(inside)
+
+
 def tiny_conv() -> nn.Module:
     """A small untrained conv net with a pooling layer, for decoy tests on other models."""
     torch.manual_seed(2)

@@ -15,6 +15,7 @@ from salaudit.explain import ExplainConfig, explain
 from salaudit.relex import relex
 from salaudit.saliency import Context, grad
 from salaudit.selection import Selection
+from support import closest_linear_boundary
 
 QUICK_RELEX = {"n_noise": 8, "iterations": 10}
 PGD_ONLY = BoundaryConfig(finders=("pgd",))
@@ -54,25 +55,6 @@ def boundary64(model, batch64):
 
 
 # --- boundary search ----------------------------------------------------------------------
-
-
-def closest_linear_boundary(model, x, target):
-    """Per image the L2 distance to the closest decision boundary of a linear model (box
-    ignored), and whether that closest point lies inside the pixel range."""
-    w = model.net[1].weight.detach() / model.std.flatten().repeat_interleave(32 * 32)
-    with torch.no_grad():
-        z = model(x)
-    dist, inside = [], []
-    for i, c in enumerate(target.tolist()):
-        diff = w[c] - w  # (classes, d)
-        margin = z[i, c] - z[i]
-        r = margin / diff.norm(dim=1)
-        r[c] = torch.inf
-        j = int(r.argmin())
-        point = x[i].flatten() - margin[j] / diff[j].norm() ** 2 * diff[j]
-        dist.append(r[j])
-        inside.append(bool(((point >= 0) & (point <= 1)).all()))
-    return torch.stack(dist), torch.tensor(inside)
 
 
 def test_linear_model_boundary_matches_the_closed_form(dataset):
@@ -154,19 +136,22 @@ def test_boundary_methods_search_when_no_boundary_is_given(model, batch8, bounda
 
 
 def test_boundary_and_big_do_not_depend_on_the_batch_layout(model, batch8):
+    """The whole default ensemble (PGD, CW, APGD, polish), in one batch or in three."""
     x, t, idx = batch8
-    whole = find_boundary(model, x, t, PGD_ONLY, Context(keys(idx, "b"), micro_batch=64))
+    ensemble = BoundaryConfig()
+    whole = find_boundary(model, x, t, ensemble, Context(keys(idx, "b"), micro_batch=64))
     parts = [
         find_boundary(
             model,
             x[s : s + 3],
             t[s : s + 3],
-            PGD_ONLY,
+            ensemble,
             Context(keys(idx[s : s + 3], "b"), micro_batch=2),
         )
         for s in range(0, 8, 3)
     ]
     assert close(whole.point, torch.cat([p.point for p in parts]))
+    assert torch.equal(whole.finder, torch.cat([p.finder for p in parts]))
     big = get_method("big")
     one = big(model, x, t, Context(extra={"boundary": whole}, micro_batch=64))
     other = big(model, x, t, Context(extra={"boundary": whole}, micro_batch=7))
