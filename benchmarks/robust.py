@@ -12,21 +12,15 @@ Captum's IntegratedGradients from the boundary point (20 Gauss-Legendre steps). 
 
 from __future__ import annotations
 
-import argparse
-import platform
-from datetime import date
-
 import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients
-from throughput import floor, timed
+from common import Bench, floor, timed
 
-from salaudit import get_method, load_dataset, load_model
-from salaudit.batching import micro_batch_size
+from salaudit import get_method
 from salaudit.boundary import BoundaryConfig, find_boundary
 from salaudit.relex import scaled_l1, scaled_lr
 from salaudit.saliency import Context
-from salaudit.selection import Selection, select_samples
 
 
 class RowCounter:
@@ -62,48 +56,22 @@ def relex_one_image(model, x, c, n_noise=50, iterations=100):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=32)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=None, help="also write the markdown table here")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    model = load_model("builtin:digit-scenes-cnn", device=device)
-    data = load_dataset("builtin:digit-scenes")
-    idx = select_samples(data, Selection("random", args.images, seed=0))
-    x = data.load(idx).image.to(device)
-    with torch.no_grad():
-        target = model(x).argmax(1)
-    mb = micro_batch_size(model, device)
-    keys = [f"0/{int(i)}" for i in idx]
+    bench = Bench.from_args(__doc__, images=32)
+    model, x, target, keys, mb = bench.model, bench.x, bench.target, bench.keys, bench.micro_batch
+    device = bench.device
     counter = RowCounter(model)
-    lines = []
 
     def measure(fn):
         counter.rows = 0
         seconds = timed(fn, device)
         return counter.rows, seconds
 
-    def report(what, rows, seconds, base, alt_seconds=None):
-        rate = rows / seconds
-        alt = f"{alt_seconds / seconds:.2f}x" if alt_seconds else "-"
-        lines.append(
-            f"| {what} | {rows:,} | {seconds:.2f} | {rate:,.0f} | {rate / base:.2f} | {alt} |"
-        )
-        print(lines[-1], flush=True)
-
     full, full_b, full_fmt = floor(model, device)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    machine = gpu or f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    head = [
-        f"Machine: {machine}; torch {torch.__version__}; {date.today()}; {args.images} seeded "
-        f"test images; engine micro-batch {mb}.",
+    bench.head(
         f"Floor (full model): {full:,.0f} rows/s at batch {full_b} ({full_fmt}).",
-        "",
-        "| stage | model rows | seconds | rows/s | / floor | vs per-image loop |",
-        "|---|---|---|---|---|---|",
-    ]
-    print("\n".join(head), flush=True)
+        "per-image loop",
+    )
+    report = bench.report
 
     relex = get_method("relex")
     rows, seconds = measure(lambda: relex(model, x, target, Context(keys, mb)))
@@ -157,9 +125,7 @@ def main() -> None:
         full,
         loop_search + loop_big,
     )
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(head + lines) + "\n")
+    bench.write()
 
 
 if __name__ == "__main__":
