@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 # On a 2-core CPU a small CNN's forward+backward throughput peaks at a few dozen rows and falls
 # for larger batches (docs/benchmarks.md); on a GPU the budget decides.
@@ -68,6 +69,30 @@ def row_gradients(
         inputs, target, aux = build(rows)
         grad, logits = target_gradient(model, inputs, target)
         yield rows, grad, logits, aux
+
+
+def loss_gradient(
+    model: torch.nn.Module, x: torch.Tensor, per_row: Callable, micro_batch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: the gradient w.r.t. x of `per_row(logits, rows)` (one value per row), its value
+    and the logits, in micro-batches."""
+    grads, values, logits = [], [], []
+    for s in range(0, len(x), micro_batch):
+        rows = slice(s, s + micro_batch)
+        with torch.enable_grad():
+            xb = x[rows].detach().requires_grad_(True)
+            out = model(xb)
+            value = per_row(out, rows)
+            (g,) = torch.autograd.grad(value.sum(), xb)
+        grads.append(g)
+        values.append(value.detach())
+        logits.append(out.detach())
+    return torch.cat(grads), torch.cat(values), torch.cat(logits)
+
+
+def cross_entropy(target: torch.Tensor):
+    """Per-row cross-entropy of the target class, for `loss_gradient`."""
+    return lambda logits, rows: F.cross_entropy(logits, target[rows], reduction="none")
 
 
 def seed_of(key: str) -> int:

@@ -14,9 +14,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from .batching import generator, keyed_normal, predictions
+from .batching import cross_entropy, generator, keyed_normal, loss_gradient, predictions
 from .errors import SalauditError
 from .models import PixelModel
 from .saliency import Context, grad, ig
@@ -122,7 +121,7 @@ def _refine(model, x, target, point, steps: int, micro_batch: int) -> Tensor:
     point = _bisect(model, x, target, point, micro_batch)
     for _ in range(steps):
         rival = predictions(model, point, micro_batch)
-        g, margin, _ = _loss_gradient(model, point, _margin(target, rival), micro_batch)
+        g, margin, _ = loss_gradient(model, point, _margin(target, rival), micro_batch)
         # the plane margin + g . (z - point) = 0; its closest point to x
         lam = (margin + (g * (x - point)).flatten(1).sum(1)) / g.flatten(1).pow(2).sum(1)
         plane = x - _rows(lam.clamp_min(0)) * g
@@ -152,27 +151,6 @@ def _rows(v: Tensor) -> Tensor:
 
 def _norm(v: Tensor) -> Tensor:
     return v.flatten(1).norm(dim=1)
-
-
-def _loss_gradient(model, x, per_row, micro_batch) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row: the gradient w.r.t. x of `per_row(logits, rows)` (one value per row), its value
-    and the logits, in micro-batches."""
-    grads, values, logits = [], [], []
-    for s in range(0, len(x), micro_batch):
-        rows = slice(s, s + micro_batch)
-        with torch.enable_grad():
-            xb = x[rows].detach().requires_grad_(True)
-            out = model(xb)
-            value = per_row(out, rows)
-            (g,) = torch.autograd.grad(value.sum(), xb)
-        grads.append(g)
-        values.append(value.detach())
-        logits.append(out.detach())
-    return torch.cat(grads), torch.cat(values), torch.cat(logits)
-
-
-def _cross_entropy(target: Tensor):
-    return lambda logits, rows: F.cross_entropy(logits, target[rows], reduction="none")
 
 
 def _margin(target: Tensor, rival: Tensor):
@@ -234,9 +212,7 @@ def _pgd(model, x, target, eps, config, keys, micro_batch):
         rows = torch.nonzero(~done).flatten()
         if len(rows) == 0:
             break
-        g, _, logits = _loss_gradient(
-            model, current[rows], _cross_entropy(target[rows]), micro_batch
-        )
+        g, _, logits = loss_gradient(model, current[rows], cross_entropy(target[rows]), micro_batch)
         hit = logits.argmax(1) != target[rows]
         done[rows[hit]] = True
         go = rows[~hit]
@@ -258,7 +234,7 @@ def _apgd(model, x, target, eps, config, keys, micro_batch):
     eta = 2 * eps
     current = _random_start(x, eps, keys, lo_hi)
     prev = current.clone()
-    g, loss, logits = _loss_gradient(model, current, _cross_entropy(target), micro_batch)
+    g, loss, logits = loss_gradient(model, current, cross_entropy(target), micro_batch)
     done = logits.argmax(1) != target
     best_loss, best_point, best_g = loss.clone(), current.clone(), g.clone()
     improved = torch.zeros(len(x), device=x.device)
@@ -273,8 +249,8 @@ def _apgd(model, x, target, eps, config, keys, micro_batch):
         new = current[rows] + a * (z - current[rows]) + (1 - a) * (current[rows] - prev[rows])
         new = _project(x[rows], new, eps[rows], lo_hi)
         prev[rows], current[rows] = current[rows], new
-        g_new, loss_new, logits = _loss_gradient(
-            model, new, _cross_entropy(target[rows]), micro_batch
+        g_new, loss_new, logits = loss_gradient(
+            model, new, cross_entropy(target[rows]), micro_batch
         )
         g[rows] = g_new
         done[rows] = logits.argmax(1) != target[rows]
