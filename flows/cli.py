@@ -10,6 +10,7 @@ DEFAULT_MODEL = "builtin:digit-scenes-cnn"
 DEFAULT_DATA = "builtin:digit-scenes"
 DEFAULT_METHODS = "grad,ig,smoothgrad,dance-grad,blur-grad"
 DEFAULT_STORE = "runs/explain"
+DEFAULT_ATTACKS = "topk@grad,mass-center@grad,target@grad,pgd"
 
 
 def _settings(items: list[str], what: str) -> dict[str, dict]:
@@ -72,6 +73,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    a = sub.add_parser("attack", help="attack a store's images and recompute its maps on them")
+    a.add_argument("--store", default=DEFAULT_STORE, help="the store of an explain run")
+    a.add_argument(
+        "--attacks",
+        default=DEFAULT_ATTACKS,
+        help=f"comma-separated ATTACK@METHOD and pgd (default {DEFAULT_ATTACKS})",
+    )
+    a.add_argument(
+        "--radii",
+        default=None,
+        help="pgd's L_inf radii in units of 1/255 of the range (default 1,2,4,8,16,32)",
+    )
+    a.add_argument(
+        "--methods",
+        default=None,
+        help="the maps to recompute on attacked images (default: every method in the store)",
+    )
+    a.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="ATTACK.KEY=VALUE",
+        help="an attack parameter, e.g. topk.steps=100 or pgd.steps=20 (repeatable)",
+    )
+    a.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    v = sub.add_parser("evaluate", help="score a store's maps and attacks; statistics")
+    v.add_argument("--store", default=DEFAULT_STORE, help="the store of an explain run")
+    v.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated metric families (default: every applicable one but sanity; "
+        "`all` adds sanity)",
+    )
+    v.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+
     s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
     s.add_argument("--store", default=DEFAULT_STORE)
     s.add_argument("--sample", type=int, required=True, help="dataset index of the sample")
@@ -123,6 +162,53 @@ def _explain(args: argparse.Namespace) -> None:
     )
 
 
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def _attack(args: argparse.Namespace) -> None:
+    from salaudit.attack_stage import attack
+
+    radii = [float(r) for r in _names(args.radii)] if args.radii else None
+    out = attack(
+        args.store,
+        _names(args.attacks),
+        params=_settings(args.param, "--param"),
+        radii=radii,
+        methods=_names(args.methods),
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(
+        f"salaudit: {out['samples']} samples, maps of {', '.join(out['methods'])} recomputed on "
+        f"attacked images; {out['computed']} parts computed, the rest were already in the store"
+    )
+    for name, share in out["attacks"].items():
+        if isinstance(share, list):
+            text = ", ".join(f"{s:.0%}" for s in share)
+            print(f"salaudit: {name} success by radius: {text}")
+        else:
+            print(f"salaudit: {name} success: {share:.0%}")
+    print(
+        f"salaudit: results in {out['store']}/attacks; "
+        f"next: salaudit evaluate --store {out['store']}"
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from salaudit.evaluate import evaluate
+
+    out = evaluate(args.store, _names(args.metrics), device=args.device, progress=not args.quiet)
+    print(
+        f"salaudit: {out['samples']} samples; {out['computed']} metric parts computed, the rest "
+        "were already in the store"
+    )
+    for note in out["notes"]:
+        print(f"salaudit: {note}")
+    print(out["table"])
+    print(f"salaudit: metrics and statistics in {out['store']}/metrics and {out['store']}/stats")
+
+
 def _show(args: argparse.Namespace) -> None:
     from salaudit.display import show_sample
 
@@ -135,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        {"explain": _explain, "show": _show}[args.command](args)
+        {"explain": _explain, "attack": _attack, "evaluate": _evaluate, "show": _show}[
+            args.command
+        ](args)
     except SalauditError as e:
         print(f"salaudit: error: {e}", file=sys.stderr)
         return 2

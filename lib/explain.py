@@ -145,6 +145,63 @@ def prepare(config: ExplainConfig, progress: bool = True) -> Run:
     return run
 
 
+def reopen(
+    url: str,
+    storage_options: dict | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    methods: list[str] | None = None,
+) -> Run:
+    """The run behind an existing store, its methods (all in `maps`, or `methods`) rebuilt
+    from the parameters stored with their maps: what later stages (attack, evaluate) need."""
+    store = Store(url, storage_options)
+    if not store.exists():
+        raise SalauditError(f"there is no store at {url}; run salaudit explain --store {url} first")
+    attrs = store.attrs()
+    stored = attrs["config"]
+    maps = store.root("r").get("maps")
+    params = {name: dict(maps[name].attrs) for name in (maps.array_keys() if maps else [])}
+    params.pop("sample", None)
+    if not params:
+        raise SalauditError(f"store {url} holds no maps; run salaudit explain --store {url} first")
+    missing = sorted(set(methods or []) - set(params))
+    if missing:
+        raise SalauditError(
+            f"store {url} holds no maps of {', '.join(missing)} (it has {', '.join(params)}); "
+            f"run salaudit explain --store {url} --methods {','.join(missing)} first"
+        )
+    config = ExplainConfig(
+        model=attrs["model"],
+        data=attrs["data"],
+        methods=list(methods or sorted(params)),
+        store=url,
+        selection=Selection(**stored["selection"]),
+        keep_decoys=False,
+        device=device,
+        seed=stored["seed"],
+        shard_size=attrs["shard_size"],
+        storage_options=storage_options,
+    )
+    for name in config.methods:
+        p = dict(params[name])
+        for key in ("method", "base", "aggregation"):
+            p.pop(key, None)
+        _, generator, _ = split_name(name)
+        if "decoys" in p:
+            config.decoy_params[generator] = p.pop("decoys")
+        if "boundary" in p:
+            config.boundary_params = p.pop("boundary")
+        config.method_params[name] = p
+    run = prepare(config, progress)
+    unwritten = [r for r in run.regions if not store.is_done("inputs", *r)]
+    if unwritten:
+        raise SalauditError(
+            f"store {url} has unwritten inputs for samples {unwritten[0]}; finish salaudit "
+            "explain on it first"
+        )
+    return run
+
+
 def _method(config: ExplainConfig, name: str) -> Method:
     base, generator, _ = split_name(name)
     decoys = config.decoy_params.get(generator) if generator else None
