@@ -69,6 +69,14 @@ class Store:
             self._zarr(read_only=mode == "r"), mode=mode, zarr_format=3, use_consolidated=False
         )
 
+    def has(self, path: str) -> bool:
+        """Whether a group or array exists at `path`."""
+        try:
+            self.root("r")[path]
+        except KeyError:
+            return False
+        return True
+
     def attrs(self) -> dict:
         return dict(self.root("r").attrs)
 
@@ -160,12 +168,52 @@ class Store:
         if not arr.nchunks_initialized:
             arr[:] = values
 
+    def require_labels(self, group: str, dim: str, labels: list[str]) -> dict[str, int]:
+        """Positions of `labels` along the labelled dimension `dim` of `group` (a string
+        coordinate). Labels not yet there are appended, growing the coordinate and every array
+        of the group that has `dim`: a later run adds methods or attacks to a table."""
+        grp = self.root().require_group(group)
+        if dim in grp.array_keys():
+            coord = grp[dim]
+            existing = [str(v) for v in coord[:]]
+        else:
+            coord, existing = None, []
+        new = [label for label in dict.fromkeys(labels) if label not in existing]
+        if new or coord is None:
+            everything = existing + new
+            if coord is None:
+                coord = grp.create_array(
+                    dim,
+                    shape=(len(everything),),
+                    chunks=(max(1, len(everything)),),
+                    dtype=str,
+                    dimension_names=(dim,),
+                )
+            else:
+                coord.resize((len(everything),))
+            coord[:] = np.asarray(everything, dtype=object)
+            for name in grp.array_keys():
+                arr = grp[name]
+                dims = arr.metadata.dimension_names or ()
+                if name != dim and dim in dims:
+                    shape = list(arr.shape)
+                    shape[dims.index(dim)] = len(everything)
+                    arr.resize(tuple(shape))
+            existing = everything
+        return {label: existing.index(label) for label in labels}
+
     # --- region writes and done-markers ----------------------------------------------------
 
     def write(self, path: str, start: int, values: np.ndarray) -> None:
         """Write `values` into the array at `path` from sample `start` on."""
         arr = self.root()[path]
         arr[start : start + len(values)] = values
+
+    def write_cell(self, path: str, start: int, index: tuple[int, ...], values: np.ndarray) -> None:
+        """Write `values` at samples [start, start + len) and positions `index` of the
+        following dimensions."""
+        arr = self.root()[path]
+        arr[(slice(start, start + len(values)), *index)] = values
 
     def read(self, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.root("r")[path][start:stop]
