@@ -17,9 +17,10 @@ import torch
 
 from .attacks import ATTACKS, AttackResult, attack_params, parse_attack
 from .batching import seed_of
+from .decoys import make_decoys
 from .errors import SalauditError
 from .explain import Run, reopen
-from .registry import get_method
+from .registry import Method, get_method
 from .saliency import Context
 
 RESULT_FIELDS = ("success", "linf", "l2", "objective_before", "objective_after")
@@ -138,17 +139,38 @@ def run_attack(run: Run, plan: AttackPlan, start: int, stop: int) -> list[str]:
         computed.append(plan.name)
     per_image = adv.shape[1] if adv.ndim == 5 else 1
     flat = adv.flatten(0, 1) if adv.ndim == 5 else adv
-    for m in run.methods:
+    todo = [m for m in run.methods if not store.is_done(f"{plan.group}/maps/{m.name}", start, stop)]
+    rows_target = target.repeat_interleave(per_image)
+    for m, maps in _maps(run, todo, flat, rows_target, start, stop, per_image):
         path = f"{plan.group}/maps/{m.name}"
-        if store.is_done(path, start, stop):
-            continue
-        keys = [k for k in run.keys(start, stop, m.name) for _ in range(per_image)]
-        ctx = Context(keys, run.micro_batch, run.references)
-        maps = m(run.model, flat, target.repeat_interleave(per_image), ctx)
         store.write(path, start, maps.detach().float().view(adv.shape).cpu().numpy())
         store.mark_done(path, start, stop)
         computed.append(f"{plan.name}:{m.name}")
     return computed
+
+
+def _maps(run: Run, methods: list[Method], x, target, start: int, stop: int, per_image: int):
+    """(method, maps of x) for each method, with the clean maps' random keys; methods of one
+    decoy configuration share one decoy population and each base's maps of it."""
+
+    def ctx(name: str) -> Context:
+        keys = [k for k in run.keys(start, stop, name) for _ in range(per_image)]
+        return Context(keys, run.micro_batch, run.references)
+
+    for m in methods:
+        if m.decoys is None:
+            yield m, m(run.model, x, target, ctx(m.name))
+    for cfg in dict.fromkeys(m.decoys for m in methods if m.decoys):
+        users = [m for m in methods if m.decoys == cfg]
+        decoys = make_decoys(run.model, x, cfg, ctx(f"decoys-{cfg.generator}"))
+        for base in dict.fromkeys(m.base for m in users):
+            first = next(m for m in users if m.base == base)
+            population = first.decoy_maps(
+                run.model, x, target, decoys, ctx(f"{cfg.generator}-{base}")
+            )
+            for m in users:
+                if m.base == base:
+                    yield m, m.aggregate(population)
 
 
 def _attack(run: Run, plan: AttackPlan, x, target, start: int, stop: int) -> AttackResult:

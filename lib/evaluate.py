@@ -12,6 +12,7 @@ and method (and attack); re-running computes only what is missing.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,9 @@ from .explain import Run, reopen
 from .registry import Method
 from .saliency import Context
 from .stats import HIGHER_IS_BETTER, holm, method_pairs, paired_test
+
+TEXT = ("metric", "condition", "method", "reference")
+NUMBERS = ("mean", "reference_mean", "mean_difference", "standard_error", "p_value", "p_holm", "n")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Evaluation:
     labels: dict[str, list]  # radius, threshold, layer -> labels
     generators: list[str]
     notes: list[str]
+    attacked: dict[str, set[str]]  # attack -> methods with maps on its attacked images
 
     @property
     def methods(self) -> list[Method]:
@@ -106,11 +111,18 @@ def plan_evaluation(run: Run, asked: list[str] | None) -> Evaluation:
                 f"{NEXT_STAGE[need].format(url=url)} first"
             )
     attacks = [a for a in attack_groups if a != "pgd"]
-    _check_attack_maps(run, [*attacks, *(["pgd"] if have["pgd"] else [])], families)
+    attacked = _attacked_maps(run, attack_groups)
+    for a, have_maps in attacked.items():
+        missing = [m.name for m in run.methods if m.name not in have_maps]
+        if missing:
+            notes.append(
+                f"attacks/{a} holds no maps of {', '.join(missing)}: their {a} metrics stay "
+                f"empty; salaudit attack --store {url} --attacks {a} adds them"
+            )
     labels = {"threshold": list(M.THRESHOLDINGS), "layer": M.cascade_layers(run.model.net)}
     if have["pgd"]:
         labels["radius"] = [float(r) for r in root["attacks/pgd/radius"][:]]
-    return Evaluation(run, families, attacks, labels, _generators(run), notes)
+    return Evaluation(run, families, attacks, labels, _generators(run), notes, attacked)
 
 
 def _generators(run: Run) -> list[str]:
@@ -125,20 +137,13 @@ def _generators(run: Run) -> list[str]:
     return found
 
 
-def _check_attack_maps(run: Run, attacks: list[str], families: list[str]) -> None:
-    """Every attack a metric uses must hold the maps of every method evaluated."""
-    used = {FAMILIES[f].needs for f in families}
+def _attacked_maps(run: Run, attacks: list[str]) -> dict[str, set[str]]:
+    """Per attack, the methods whose maps on its attacked images are in the store."""
+    out = {}
     for a in attacks:
-        if ("pgd" if a == "pgd" else "attacks") not in used:
-            continue
-        maps = run.store.root("r")[f"attacks/{a}"]
-        have = set(maps["maps"].array_keys()) if "maps" in maps.group_keys() else set()
-        missing = [m.name for m in run.methods if m.name not in have]
-        if missing:
-            raise SalauditError(
-                f"attacks/{a} has no maps of {', '.join(missing)}; run salaudit attack --store "
-                f"{run.store.url} --attacks {a} (it adds them) first"
-            )
+        group = f"attacks/{a}/maps"
+        out[a] = set(run.store.root("r")[group].array_keys()) if run.store.has(group) else set()
+    return out
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -219,7 +224,9 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
             continue
         for m in ev.methods:
             cells = ev.attacks if FAMILIES[name].dim == "attack" else [None]
-            for a in cells:
+            if FAMILIES[name].needs == "pgd":
+                cells = [None] if m.name in ev.attacked["pgd"] else []
+            for a in (c for c in cells if c is None or m.name in ev.attacked[c]):
                 stage = "/".join(["metrics", name, m.name, *([a] if a else [])])
                 if store.is_done(stage, start, stop):
                     continue
@@ -308,6 +315,7 @@ def statistics(ev: Evaluation) -> dict[str, np.ndarray]:
     )
     methods = [str(v) for v in ds["method"].values]
     rows = []
+    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
     for var in (v for f in FAMILIES.values() for v in f.variables if v in ds):
         da = ds[var].astype("float64")
         extra = [d for d in da.dims if d not in ("sample", "method")]
@@ -332,10 +340,14 @@ def statistics(ev: Evaluation) -> dict[str, np.ndarray]:
                         "reference_mean": float(np.nanmean(b)),
                     }
                 )
+            table = [t for t in table if t["n"]]  # no pairs: no comparison
             for row, p in zip(table, holm([t["p_value"] for t in table]), strict=True):
                 row["p_holm"] = float(p)
             rows += table
-    return {k: np.asarray([r[k] for r in rows]) for k in (rows[0] if rows else {})}
+    return {
+        k: np.asarray([r[k] for r in rows], dtype=object if k in TEXT else float)
+        for k in (*TEXT, *NUMBERS)
+    }
 
 
 def _label(v) -> str:
@@ -349,23 +361,25 @@ def write_statistics(ev: Evaluation, table: dict[str, np.ndarray]) -> None:
     if store.has("stats"):
         del root["stats"]
     grp = root.create_group("stats")
-    n = len(next(iter(table.values()))) if table else 0
+    n = len(table["metric"])
     for key, values in table.items():
-        text = values.dtype.kind in "UO"
-        grp.create_array(
+        text = key in TEXT
+        arr = grp.create_array(
             key,
             shape=(n,),
             chunks=(max(n, 1),),
-            dtype=str if text else values.dtype,
+            dtype=str if text else "float64",
             dimension_names=("comparison",),
-            fill_value=None if text else (np.nan if values.dtype.kind == "f" else 0),
-        )[:] = values.astype(object) if text else values
+            fill_value=None if text else np.nan,
+        )
+        if n:
+            arr[:] = values
     store.consolidate()
 
 
 def format_table(table: dict[str, np.ndarray], limit: int = 40) -> str:
     """The comparisons as text, most significant first."""
-    if not table:
+    if not len(table["metric"]):
         return "salaudit: no method pairs to compare (e.g. dance-grad with grad)"
     order = np.argsort(np.nan_to_num(table["p_holm"], nan=2.0), kind="stable")[:limit]
     lines = [
