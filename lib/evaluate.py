@@ -12,7 +12,6 @@ and method (and attack); re-running computes only what is missing.
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -315,7 +314,6 @@ def statistics(ev: Evaluation) -> dict[str, np.ndarray]:
     )
     methods = [str(v) for v in ds["method"].values]
     rows = []
-    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
     for var in (v for f in FAMILIES.values() for v in f.variables if v in ds):
         da = ds[var].astype("float64")
         extra = [d for d in da.dims if d not in ("sample", "method")]
@@ -336,8 +334,8 @@ def statistics(ev: Evaluation) -> dict[str, np.ndarray]:
                         "method": m,
                         "reference": r,
                         **paired_test(a, b, HIGHER_IS_BETTER[var]),
-                        "mean": float(np.nanmean(a)),
-                        "reference_mean": float(np.nanmean(b)),
+                        "mean": _mean(a),
+                        "reference_mean": _mean(b),
                     }
                 )
             table = [t for t in table if t["n"]]  # no pairs: no comparison
@@ -348,6 +346,12 @@ def statistics(ev: Evaluation) -> dict[str, np.ndarray]:
         k: np.asarray([r[k] for r in rows], dtype=object if k in TEXT else float)
         for k in (*TEXT, *NUMBERS)
     }
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean of the non-NaN values (NaN if none)."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else float("nan")
 
 
 def _label(v) -> str:
