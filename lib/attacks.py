@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .batching import cross_entropy, generator, loss_gradient, predictions
+from .batching import cross_entropy, keyed_uniform, loss_gradient, predictions
 from .differentiable import DIFFERENTIABLE, DifferentiableMap, set_beta
 from .errors import SalauditError
 from .models import PixelModel
@@ -157,10 +157,11 @@ def _ghorbani(model, x, target, method, ctx, method_params, objective_of, eps, a
     unit = _unit(model)
     eps, alpha = eps * unit, alpha * unit
     maps = DifferentiableMap.build(method, model, target, ctx, method_params, beta)
-    objective, loss, sign = objective_of(normalised_map(maps.map(x)))
+    clean = maps.map(x)
+    objective, loss, sign = objective_of(normalised_map(clean))
 
-    def direction(current, h_map):
-        e = h_map.detach().requires_grad_(True)
+    def direction(current, e):
+        e = e.detach().requires_grad_(True)
         with torch.enable_grad():
             (dmap,) = torch.autograd.grad(loss(normalised_map(e)).sum(), e)
         return maps.input_gradient(current, dmap)
@@ -169,14 +170,17 @@ def _ghorbani(model, x, target, method, ctx, method_params, objective_of, eps, a
         moved = current - alpha * gradient.sign()
         return (x + (moved - x).clamp(-eps, eps)).clamp(*model.value_range)
 
-    return _best_iterate(model, x, target, ctx, maps, objective, sign, steps, direction, step)
+    return _best_iterate(
+        model, x, target, ctx, maps, clean, (objective, sign), steps, direction, step
+    )
 
 
-def _best_iterate(model, x, target, ctx, maps, objective, sign, steps, direction, step):
-    """Iterate `step(current, direction(current, map of current), t)`, keeping per image the
-    iterate with the best objective whose prediction is unchanged."""
-    current, best = x.clone(), x.clone()
-    e = maps.map(x)
+def _best_iterate(model, x, target, ctx, maps, clean, goal, steps, direction, step):
+    """Iterate `step(current, direction(current, map of current), t)` from x (whose map is
+    `clean`), keeping per image the iterate with the best objective whose prediction is
+    unchanged; `goal` = (objective of h, +1 if it should rise else -1)."""
+    objective, sign = goal
+    current, best, e = x.clone(), x.clone(), clean
     before = objective(normalised_map(e))
     best_value = before.clone()
     for t in range(steps):
@@ -307,8 +311,11 @@ def attack_manipulate(
     maps = DifferentiableMap.build(method, model, target, ctx, method_params, beta_start)
     soft, annealed = maps.soft, maps.soft is not model
     target_ctx = ctx.with_keys([f"{k}/manipulate-target" for k in ctx.keys_for(len(x))])
+    target_class = predictions(model, x_target, ctx.micro_batch)  # its map as a user sees it
     goal = normalised_map(
-        DifferentiableMap.build(method, model, target, target_ctx, method_params).map(x_target)
+        DifferentiableMap.build(method, model, target_class, target_ctx, method_params).map(
+            x_target
+        )
     )
     with torch.no_grad():
         clean_p = torch.cat(
@@ -345,7 +352,10 @@ def attack_manipulate(
         v_hat = state["v"] / (1 - b2 ** (t + 1))
         return (current - lr * (hi - lo) * m_hat / (v_hat.sqrt() + 1e-8)).clamp(lo, hi)
 
-    return _best_iterate(model, x, target, ctx, maps, objective, -1, steps, direction, step)
+    clean = maps.map(x)
+    return _best_iterate(
+        model, x, target, ctx, maps, clean, (objective, -1), steps, direction, step
+    )
 
 
 # --- PGD on the prediction ---------------------------------------------------------------------
@@ -372,17 +382,8 @@ def attack_pgd(
     eps = (torch.tensor([float(v) for v in radii], device=x.device) * _unit(model)).repeat(n)
     eps = eps.view(-1, 1, 1, 1)
     lo, hi = model.value_range
-    start = torch.stack(
-        [
-            torch.rand(
-                x.shape[1:],
-                generator=generator(f"{keys[i]}/pgd/{radii[j]}", x.device),
-                device=x.device,
-            )
-            for i in range(n)
-            for j in range(r)
-        ]
-    )
+    start_keys = [f"{keys[i]}/pgd/{radii[j]}" for i in range(n) for j in range(r)]
+    start = keyed_uniform(start_keys, tuple(x.shape[1:]), x.device)
     current = (rows_x + (2 * start - 1) * eps).clamp(lo, hi)
     loss = cross_entropy(rows_t)
     _, before, _ = loss_gradient(model, rows_x, loss, ctx.micro_batch)

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .batching import keyed_normal, row_gradients
+from .batching import keyed_normal
 from .errors import SalauditError
 from .models import PixelModel
-from .saliency import Context, gauss_legendre
+from .saliency import Context, gauss_legendre, weighted_gradient_sum
 
 Tensor = torch.Tensor
 DIFFERENTIABLE = ("grad", "gradxinput", "ig", "smoothgrad")
@@ -56,15 +56,16 @@ class DifferentiableMap:
     """One method's map of a batch of images and its input gradient (see the module doc).
 
     `keys` are the method's per-sample random keys (as in `Context.keys`); `params` the method's
-    parameters (n_steps for ig; n_samples and noise for smoothgrad)."""
+    parameters (n_steps for ig; n_samples and noise for smoothgrad). SmoothGrad's noise is drawn
+    once, on first use, and reused for every iterate."""
 
     method: str
     model: PixelModel
     soft: PixelModel
     target: Tensor
-    keys: list[str]
-    micro_batch: int
+    ctx: Context
     params: dict
+    noise: Tensor | None = None
 
     @classmethod
     def build(
@@ -82,22 +83,30 @@ class DifferentiableMap:
                 f"against one of: {', '.join(DIFFERENTIABLE)} (e.g. topk@grad)"
             )
         soft, _ = softplus_copy(model, beta)
-        keys = ctx.keys_for(len(target))
-        return cls(method, model, soft, target, keys, ctx.micro_batch, dict(params or {}))
+        return cls(method, model, soft, target, ctx, dict(params or {}))
 
-    # --- the row plan -------------------------------------------------------------------------
-
-    def _rows_per_image(self) -> int:
+    @property
+    def rows_per_image(self) -> int:
         if self.method == "ig":
             return self.params.get("n_steps", 50)
         return self.params.get("n_samples", 25) if self.method == "smoothgrad" else 1
 
+    def _draws(self, x: Tensor) -> Tensor:
+        """SmoothGrad's standard-normal draws (B, N, C, H, W), keyed as in `saliency`."""
+        if self.noise is None:
+            n, keys = self.rows_per_image, self.ctx.keys_for(len(x))
+            flat = [f"{k}/smoothgrad-noise/{j}" for k in keys for j in range(n)]
+            self.noise = keyed_normal(flat, tuple(x.shape[1:]), x.device).view(
+                len(x), n, *x.shape[1:]
+            )
+        return self.noise
+
     def _plan(self, x: Tensor):
         """(point(i, k) -> (inputs, a, w), pre, pre') for images x."""
-        n = self._rows_per_image()
         one = torch.ones((), device=x.device, dtype=x.dtype)
+        zero = torch.zeros((), device=x.device, dtype=x.dtype)
         if self.method == "ig":
-            alphas, weights = (t.to(x) for t in gauss_legendre(n))
+            alphas, weights = (t.to(x) for t in gauss_legendre(self.rows_per_image))
 
             def point(i, k):
                 a = alphas[k].view(-1, 1, 1, 1)
@@ -105,38 +114,28 @@ class DifferentiableMap:
 
             return point, x, one
         if self.method == "smoothgrad":
-            noise = self.params.get("noise", 0.15)
-            sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
+            sigma = self.params.get("noise", 0.15) * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
+            draws, w = self._draws(x), one / self.rows_per_image
 
             def point(i, k):
-                draws = keyed_normal(
-                    [
-                        f"{self.keys[a]}/smoothgrad-noise/{b}"
-                        for a, b in zip(i.tolist(), k.tolist(), strict=True)
-                    ],
-                    tuple(x.shape[1:]),
-                    x.device,
-                )
-                return x[i] + sigma[i].view(-1, 1, 1, 1) * draws, one, one / n
+                return x[i] + sigma[i].view(-1, 1, 1, 1) * draws[i, k], one, w
 
-            return point, one, torch.zeros((), device=x.device)
-        pre = x if self.method == "gradxinput" else one
-        dpre = one if self.method == "gradxinput" else torch.zeros((), device=x.device)
-        return (lambda i, k: (x[i], one, one)), pre, dpre
+            return point, one, zero
+        if self.method == "gradxinput":
+            return (lambda i, k: (x[i], one, one)), x, one
+        return (lambda i, k: (x[i], one, one)), one, zero
 
     def _inner_sum(self, x: Tensor, point) -> Tensor:
         """S = sum_r w_r grad F_c(p_r) per image, from the model itself."""
-        n = self._rows_per_image()
-        total = torch.zeros_like(x)
 
-        def build(rows):
-            i, k = rows // n, rows % n
+        def inputs_and_weights(i, k):
             inputs, _, w = point(i.to(x.device), k.to(x.device))
-            return inputs, self.target[i.to(x.device)], w
+            return inputs, w
 
-        for rows, g, _, w in row_gradients(self.model, len(x) * n, build, self.micro_batch):
-            total.index_add_(0, (rows // n).to(x.device), g * w)
-        return total
+        n = self.rows_per_image
+        return weighted_gradient_sum(
+            self.model, self.target, len(x), n, inputs_and_weights, self.ctx, x
+        )
 
     def map(self, x: Tensor) -> Tensor:
         """The method's map of x (no graph)."""
@@ -146,13 +145,11 @@ class DifferentiableMap:
     def input_gradient(self, x: Tensor, dmap: Tensor) -> Tensor:
         """dL/dx for a loss L whose gradient w.r.t. the map at x is `dmap`."""
         point, pre, dpre = self._plan(x)
-        n = self._rows_per_image()
-        out = torch.zeros_like(x)
-        if dpre.any():
-            out += dmap * self._inner_sum(x, point) * dpre
+        n, micro_batch = self.rows_per_image, self.ctx.micro_batch
+        out = dmap * self._inner_sum(x, point) * dpre if dpre.any() else torch.zeros_like(x)
         v = dmap * pre
-        for start in range(0, len(x) * n, self.micro_batch):
-            rows = torch.arange(start, min(start + self.micro_batch, len(x) * n), device=x.device)
+        for start in range(0, len(x) * n, micro_batch):
+            rows = torch.arange(start, min(start + micro_batch, len(x) * n), device=x.device)
             i, k = rows // n, rows % n
             inputs, a, w = point(i, k)
             hv = _hessian_vector(self.soft, inputs, self.target[i], v[i] * w)

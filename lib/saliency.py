@@ -44,7 +44,7 @@ def gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
     return torch.tensor((nodes + 1) / 2), torch.tensor(weights / 2)
 
 
-def _weighted_sum(
+def weighted_gradient_sum(
     model: PixelModel,
     target: Tensor,
     n_images: int,
@@ -71,7 +71,9 @@ def _weighted_sum(
 def grad(model: PixelModel, x: Tensor, target: Tensor, ctx: Context | None = None) -> Tensor:
     """Signed gradient of the target logit w.r.t. the input."""
     ctx = ctx or Context()
-    return _weighted_sum(model, target, len(x), 1, lambda i, k: (x[i], torch.ones(())), ctx, x)
+    return weighted_gradient_sum(
+        model, target, len(x), 1, lambda i, k: (x[i], torch.ones(())), ctx, x
+    )
 
 
 def gradxinput(model: PixelModel, x: Tensor, target: Tensor, ctx: Context | None = None) -> Tensor:
@@ -97,7 +99,7 @@ def ig(
         i, k = i.to(x.device), k.to(x.device)
         return b[i] + alphas[k].view(-1, 1, 1, 1) * delta[i], weights[k].view(-1, 1, 1, 1)
 
-    return delta * _weighted_sum(model, target, len(x), n_steps, point, ctx, x)
+    return delta * weighted_gradient_sum(model, target, len(x), n_steps, point, ctx, x)
 
 
 def intuniform(
@@ -196,7 +198,7 @@ def expgrad(
         delta = x[i] - refs[j]
         return refs[j] + alpha * delta, delta / n_samples
 
-    return _weighted_sum(model, target, len(x), n_samples, point, ctx, x)
+    return weighted_gradient_sum(model, target, len(x), n_samples, point, ctx, x)
 
 
 def gradcam(
