@@ -26,7 +26,7 @@ from salaudit.attack_stage import attack
 from salaudit.evaluate import evaluate
 from salaudit.explain import ExplainConfig, explain
 from salaudit.selection import Selection
-from salaudit.stats import HIGHER_IS_BETTER, holm, paired_test
+from salaudit.stats import HIGHER_IS_BETTER, compare, paired_test
 
 BASES = ("grad", "ig", "smoothgrad")
 DANCE = tuple(f"dance-{b}" for b in BASES)
@@ -64,26 +64,10 @@ def run_pipeline(args) -> str:
     return args.store
 
 
-def compare(ds: xr.Dataset, var: str, pairs, condition: dict | None = None) -> list[dict]:
-    """One table: a paired one-sided test per (method, reference), Holm across the table."""
-    da = ds[var].astype("float64")
-    if condition:
-        da = da.sel(condition)
-    rows = []
-    for m, r in pairs:
-        a, b = da.sel({"method": m}).values, da.sel({"method": r}).values
-        rows.append(
-            {
-                "method": m,
-                "reference": r,
-                "mean": np.nanmean(a),
-                "reference_mean": np.nanmean(b),
-                **paired_test(a, b, HIGHER_IS_BETTER[var]),
-            }
-        )
-    for row, p in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
-        row["p_holm"] = p
-    return rows
+def table(ds: xr.Dataset, var: str, pairs, condition: dict | None = None) -> list[dict]:
+    """One table of `salaudit.stats.compare` on the stored metric `var` (under `condition`)."""
+    da = ds[var].astype("float64").sel(condition or {})
+    return compare(lambda m: da.sel({"method": m}).values, pairs, HIGHER_IS_BETTER[var])
 
 
 def markdown(title: str, var: str, rows: list[dict]) -> str:
@@ -143,7 +127,7 @@ def report(args, store: str, seconds: float) -> str:
         markdown(
             "Fidelity: decoy-enhanced against plain",
             "fidelity",
-            compare(ds, "fidelity", list(zip(DANCE, BASES, strict=True))),
+            table(ds, "fidelity", list(zip(DANCE, BASES, strict=True))),
         ),
     ]
     for a in GHORBANI:
@@ -151,18 +135,18 @@ def report(args, store: str, seconds: float) -> str:
             markdown(
                 f"Sensitivity under {a}",
                 "sensitivity",
-                compare(ds, "sensitivity", list(zip(DANCE, BASES, strict=True)), {"attack": a}),
+                table(ds, "sensitivity", list(zip(DANCE, BASES, strict=True)), {"attack": a}),
             )
         )
     ablation_pairs = [("dance-grad", m) for m in ABLATIONS]
     parts.append("### Ablations: optimised decoys with range aggregation against the controls\n")
-    parts.append(markdown("Fidelity", "fidelity", compare(ds, "fidelity", ablation_pairs)))
+    parts.append(markdown("Fidelity", "fidelity", table(ds, "fidelity", ablation_pairs)))
     for a in GHORBANI:
         parts.append(
             markdown(
                 f"Sensitivity under {a}",
                 "sensitivity",
-                compare(ds, "sensitivity", ablation_pairs, {"attack": a}),
+                table(ds, "sensitivity", ablation_pairs, {"attack": a}),
             )
         )
     parts.append(decoy_table(ds))
@@ -173,13 +157,13 @@ def report(args, store: str, seconds: float) -> str:
                 markdown(
                     f"{var} at radius {r:g}/255",
                     var,
-                    compare(ds, var, [("relex", b) for b in BASES], {"radius": r}),
+                    table(ds, var, [("relex", b) for b in BASES], {"radius": r}),
                 )
             )
     parts.append("## BIG: localisation against boxes\n")
     big_pairs = [("big", "ig"), ("big", "smoothgrad"), ("big", "agi")]
     for var in ("loc", "energy_game", "positive_percentage"):
-        parts.append(markdown(var, var, compare(ds, var, big_pairs)))
+        parts.append(markdown(var, var, table(ds, var, big_pairs)))
     return "\n".join(parts)
 
 

@@ -22,7 +22,7 @@ from .errors import SalauditError
 from .explain import Run, reopen
 from .registry import Method
 from .saliency import Context
-from .stats import HIGHER_IS_BETTER, holm, method_pairs, paired_test
+from .stats import HIGHER_IS_BETTER, compare, method_pairs
 
 TEXT = ("metric", "condition", "method", "reference")
 NUMBERS = ("mean", "reference_mean", "mean_difference", "standard_error", "p_value", "p_holm", "n")
@@ -94,7 +94,7 @@ def plan_evaluation(run: Run, asked: list[str] | None) -> Evaluation:
         "maps": True,
         "attacks": any(a != "pgd" for a in attack_groups),
         "pgd": "pgd" in attack_groups,
-        "boxes": "bbox" in root["inputs"].array_keys(),
+        "boxes": store.has("inputs/bbox"),
         "decoys": bool(_generators(run)),
     }
     families, notes = [], []
@@ -186,9 +186,9 @@ def layout_metrics(ev: Evaluation) -> None:
 
 
 def _fixed_coordinate(store, dim: str, labels: list) -> None:
-    values = np.asarray(labels, dtype=float if dim == "radius" else object)
+    """Radius is numeric (pgd's radii); threshold and layer are string labels."""
     if dim == "radius":
-        store.require_coordinate("metrics", dim, values)
+        store.require_coordinate("metrics", dim, np.asarray(labels, dtype=float))
     else:
         store.require_labels("metrics", dim, [str(v) for v in labels])
 
@@ -210,12 +210,10 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
     x = torch.from_numpy(store.read("inputs/image", start, stop)).to(run.device)
     target = torch.from_numpy(store.read("inputs/prediction", start, stop)).to(run.device)
     box = None
-    if "bbox" in store.root("r")["inputs"].array_keys():
+    if store.has("inputs/bbox"):
         box = torch.from_numpy(store.read("inputs/bbox", start, stop)).to(run.device)
-    method_at = store.require_labels("metrics", "method", [m.name for m in ev.methods])
-    attack_at = {}
-    if any(FAMILIES[f].dim == "attack" for f in ev.families):
-        attack_at = store.require_labels("metrics", "attack", ev.attacks)
+    method_at = store.labels("metrics", "method")  # laid out by layout_metrics
+    attack_at = store.labels("metrics", "attack") if store.has("metrics/attack") else {}
     computed = []
     for name in ev.families:
         if name == "decoy_validity":
@@ -307,51 +305,25 @@ def _decoy_validity(ev: Evaluation, x, start: int, stop: int) -> list[str]:
 
 def statistics(ev: Evaluation) -> dict[str, np.ndarray]:
     """Every (metric, condition, method, reference) comparison of the stored metrics."""
-    import xarray as xr
-
-    ds = xr.open_zarr(
-        ev.run.store._zarr(read_only=True), group="metrics", chunks=None, consolidated=False
-    )
-    methods = [str(v) for v in ds["method"].values]
+    ds = ev.run.store.dataset("metrics")
+    pairs = method_pairs([str(v) for v in ds["method"].values])
     rows = []
     for var in (v for f in FAMILIES.values() for v in f.variables if v in ds):
         da = ds[var].astype("float64")
         extra = [d for d in da.dims if d not in ("sample", "method")]
         conditions = [{}] if not extra else [{extra[0]: v} for v in da[extra[0]].values]
         for cond in conditions:
-            sub = da.sel(cond) if cond else da
+            sub = da.sel(cond)
             label = "" if not cond else f"{extra[0]}={_label(next(iter(cond.values())))}"
-            table = []
-            for m, r in method_pairs(methods):
-                a, b = (
-                    sub.sel({"method": m}).values,
-                    sub.sel({"method": r}).values,
-                )  # not method=: a sel keyword
-                table.append(
-                    {
-                        "metric": var,
-                        "condition": label,
-                        "method": m,
-                        "reference": r,
-                        **paired_test(a, b, HIGHER_IS_BETTER[var]),
-                        "mean": _mean(a),
-                        "reference_mean": _mean(b),
-                    }
-                )
-            table = [t for t in table if t["n"]]  # no pairs: no comparison
-            for row, p in zip(table, holm([t["p_value"] for t in table]), strict=True):
-                row["p_holm"] = float(p)
-            rows += table
+            # .sel({"method": m}), not .sel(method=m): `method` is a keyword of sel
+            table = compare(
+                lambda m, sub=sub: sub.sel({"method": m}).values, pairs, HIGHER_IS_BETTER[var]
+            )
+            rows += [{"metric": var, "condition": label, **row} for row in table]
     return {
         k: np.asarray([r[k] for r in rows], dtype=object if k in TEXT else float)
         for k in (*TEXT, *NUMBERS)
     }
-
-
-def _mean(values: np.ndarray) -> float:
-    """The mean of the non-NaN values (NaN if none)."""
-    kept = values[~np.isnan(values)]
-    return float(kept.mean()) if kept.size else float("nan")
 
 
 def _label(v) -> str:

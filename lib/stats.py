@@ -5,6 +5,7 @@ table, and the method pairs of METHODS.md."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from scipy import stats
@@ -91,6 +92,31 @@ def holm(p_values) -> np.ndarray:
     ranked[order] = adjusted
     out[ok] = ranked
     return out
+
+
+def compare(
+    values_of: Callable[[str], np.ndarray], pairs: list[tuple[str, str]], higher_is_better: bool
+) -> list[dict]:
+    """One table: per (method, reference) pair with any paired values, the means, `paired_test`
+    and the Holm-corrected p-value across the table's rows. `values_of(method)` gives a
+    method's per-sample values."""
+    rows = []
+    for m, r in pairs:
+        a, b = values_of(m), values_of(r)
+        row = {"method": m, "reference": r, "mean": _mean(a), "reference_mean": _mean(b)}
+        row |= paired_test(a, b, higher_is_better)
+        if row["n"]:
+            rows.append(row)
+    for row, p in zip(rows, holm([row["p_value"] for row in rows]), strict=True):
+        row["p_holm"] = float(p)
+    return rows
+
+
+def _mean(values) -> float:
+    """The mean of the non-NaN values (NaN if none)."""
+    v = np.asarray(values, dtype=float)
+    kept = v[~np.isnan(v)]
+    return float(kept.mean()) if kept.size else float("nan")
 
 
 def reference_methods(name: str, available: list[str]) -> list[str]:

@@ -202,6 +202,18 @@ class Store:
             existing = everything
         return {label: existing.index(label) for label in labels}
 
+    def labels(self, group: str, dim: str) -> dict[str, int]:
+        """Label -> position along the labelled dimension `dim` of `group` (read only)."""
+        return {str(v): i for i, v in enumerate(self.root("r")[f"{group}/{dim}"][:])}
+
+    def dataset(self, group: str):
+        """The group as an xarray Dataset of numpy arrays (no dask)."""
+        import xarray as xr
+
+        return xr.open_zarr(
+            self._zarr(read_only=True), group=group, chunks=None, consolidated=False
+        )
+
     # --- region writes and done-markers ----------------------------------------------------
 
     def write(self, path: str, start: int, values: np.ndarray) -> None:
