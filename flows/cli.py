@@ -45,7 +45,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--store", default=DEFAULT_STORE, help="local path or s3:// URL")
     e.add_argument("--keep-decoys", action="store_true", help="store decoy populations")
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--fresh", action="store_true", help="delete the store's contents first")
     e.add_argument("--shard-size", type=int, default=16, help="samples per region and chunk")
@@ -71,7 +70,6 @@ def _parser() -> argparse.ArgumentParser:
         help="a boundary-search setting for bsm and big, e.g. finders=pgd,cw or radii=1,2,4 "
         "(repeatable)",
     )
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     a = sub.add_parser("attack", help="attack a store's images and recompute its maps on them")
     a.add_argument("--store", default=DEFAULT_STORE, help="the store of an explain run")
@@ -97,8 +95,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ATTACK.KEY=VALUE",
         help="an attack parameter, e.g. topk.steps=100 or pgd.steps=20 (repeatable)",
     )
-    a.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    a.add_argument("--quiet", action="store_true", help="no progress bars")
 
     v = sub.add_parser("evaluate", help="score a store's maps and attacks; statistics")
     v.add_argument("--store", default=DEFAULT_STORE, help="the store of an explain run")
@@ -108,8 +104,10 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated metric families (default: every applicable one but sanity; "
         "`all` adds sanity)",
     )
-    v.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    v.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    for stage in (e, a, v):
+        stage.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+        stage.add_argument("--quiet", action="store_true", help="no progress bars")
 
     s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
     s.add_argument("--store", default=DEFAULT_STORE)
