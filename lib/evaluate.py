@@ -11,6 +11,7 @@ and method (and attack); re-running computes only what is missing.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -205,29 +206,27 @@ def _extra_len(store, ev: Evaluation, dim: str | None) -> tuple[int, ...]:
 
 
 def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
-    """Every missing metric cell of samples [start, stop); returns what was computed."""
+    """Every missing metric cell of samples [start, stop); returns what was computed. Each
+    array of the region is read from the store once."""
     run, store = ev.run, ev.run.store
-    x = torch.from_numpy(store.read("inputs/image", start, stop)).to(run.device)
-    target = torch.from_numpy(store.read("inputs/prediction", start, stop)).to(run.device)
-    box = None
-    if store.has("inputs/bbox"):
-        box = torch.from_numpy(store.read("inputs/bbox", start, stop)).to(run.device)
+
+    @functools.cache
+    def read(path: str) -> torch.Tensor:
+        return torch.from_numpy(store.read(path, start, stop)).to(run.device)
+
     method_at = store.labels("metrics", "method")  # laid out by layout_metrics
     attack_at = store.labels("metrics", "attack") if store.has("metrics/attack") else {}
     computed = []
     for name in ev.families:
         if name == "decoy_validity":
-            computed += _decoy_validity(ev, x, start, stop)
+            computed += _decoy_validity(ev, read, start, stop)
             continue
         for m in ev.methods:
-            cells = ev.attacks if FAMILIES[name].dim == "attack" else [None]
-            if FAMILIES[name].needs == "pgd":
-                cells = [None] if m.name in ev.attacked["pgd"] else []
-            for a in (c for c in cells if c is None or m.name in ev.attacked[c]):
+            for a in _cells(ev, name, m.name):
                 stage = "/".join(["metrics", name, m.name, *([a] if a else [])])
                 if store.is_done(stage, start, stop):
                     continue
-                values = _compute(ev, name, m, a, x, target, box, start, stop)
+                values = _compute(ev, name, m, a, read, start, stop)
                 index = (method_at[m.name], *((attack_at[a],) if a else ()))
                 for var, v in values.items():
                     store.write_cell(f"metrics/{var}", start, index, v.float().cpu().numpy())
@@ -236,10 +235,19 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
     return computed
 
 
-def _compute(ev, name, m: Method, attack, x, target, box, start, stop) -> dict[str, torch.Tensor]:
-    run, store = ev.run, ev.run.store
-    dev, mb = run.device, run.micro_batch
-    e = torch.from_numpy(store.read(f"maps/{m.name}", start, stop)).to(dev)
+def _cells(ev: Evaluation, family: str, method: str) -> list[str | None]:
+    """The attacks a family scores `method` under (None: no attack dimension); only attacks
+    whose attacked images hold the method's maps."""
+    if FAMILIES[family].dim == "attack":
+        return [a for a in ev.attacks if method in ev.attacked[a]]
+    if FAMILIES[family].needs == "pgd":
+        return [None] if method in ev.attacked["pgd"] else []
+    return [None]
+
+
+def _compute(ev, name, m: Method, attack, read, start, stop) -> dict[str, torch.Tensor]:
+    run, mb = ev.run, ev.run.micro_batch
+    x, target, e = read("inputs/image"), read("inputs/prediction"), read(f"maps/{m.name}")
     b = run.model.baseline_colour.to(x)
     is_mask = m.base == "relex"
     if name == "fidelity":
@@ -249,8 +257,7 @@ def _compute(ev, name, m: Method, attack, x, target, box, start, stop) -> dict[s
         out = M.deletion_preservation(run.model, x, mask, target, b, micro_batch=mb)
         return {k: out[k] for k in FAMILIES[name].variables}
     if name in ("sensitivity", "rank"):
-        x_adv = torch.from_numpy(store.read(f"attacks/{attack}/image", start, stop)).to(dev)
-        e_adv = torch.from_numpy(store.read(f"attacks/{attack}/maps/{m.name}", start, stop)).to(dev)
+        x_adv, e_adv = read(f"attacks/{attack}/image"), read(f"attacks/{attack}/maps/{m.name}")
         if name == "sensitivity":
             return {"sensitivity": M.sensitivity(e, e_adv, x, x_adv)}
         return {
@@ -258,8 +265,7 @@ def _compute(ev, name, m: Method, attack, x, target, box, start, stop) -> dict[s
             "topk_intersection": M.topk_intersection(e, e_adv),
         }
     if name == "retrieval":
-        x_adv = torch.from_numpy(store.read("attacks/pgd/image", start, stop)).to(dev)
-        e_adv = torch.from_numpy(store.read(f"attacks/pgd/maps/{m.name}", start, stop)).to(dev)
+        x_adv, e_adv = read("attacks/pgd/image"), read(f"attacks/pgd/maps/{m.name}")
         r = x_adv.shape[1]
         flat_x, flat_t = x_adv.flatten(0, 1), target.repeat_interleave(r)
         m_adv = M.saliency_mask(e_adv.flatten(0, 1), is_mask)
@@ -269,8 +275,9 @@ def _compute(ev, name, m: Method, attack, x, target, box, start, stop) -> dict[s
             "retrieval_clean": M.class_retrieval(run.model, flat_x, m_0, flat_t, b, mb).view(-1, r),
         }
     if name == "localisation":
-        return M.localisation(e, box)
+        return M.localisation(e, read("inputs/bbox"))
     if name == "box_accuracy":
+        box = read("inputs/bbox")
         return {
             "box_accuracy": torch.stack(
                 [M.box_accuracy(e, box, t) for t in ev.labels["threshold"]], 1
@@ -285,15 +292,15 @@ def _compute(ev, name, m: Method, attack, x, target, box, start, stop) -> dict[s
     raise AssertionError(name)
 
 
-def _decoy_validity(ev: Evaluation, x, start: int, stop: int) -> list[str]:
+def _decoy_validity(ev: Evaluation, read, start: int, stop: int) -> list[str]:
     run, store, done = ev.run, ev.run.store, []
     for g in ev.generators:
         stage = f"metrics/decoy_validity/{g}"
         if store.is_done(stage, start, stop):
             continue
-        population = torch.from_numpy(store.read(f"decoys/{g}/population", start, stop))
-        layer = store.root("r")[f"decoys/{g}/population"].attrs["layer"]
-        v = M.decoy_validity(run.model, layer, x, population.to(x), run.micro_batch)
+        path = f"decoys/{g}/population"
+        layer = store.root("r")[path].attrs["layer"]
+        v = M.decoy_validity(run.model, layer, read("inputs/image"), read(path), run.micro_batch)
         store.write(f"metrics/decoy_validity_{g}", start, v.float().cpu().numpy())
         store.mark_done(stage, start, stop)
         done.append(stage)

@@ -227,9 +227,15 @@ def test_attack_and_evaluate_stages_write_groups_xarray_reads_and_rerun_changes_
     assert stats.sizes["comparison"] == 0  # grad and ig are not a pair of METHODS.md
 
     # a later explain adds a method; evaluate extends the tables without touching the rest
-    assert main([*explain, "--methods", "dance-grad", *FAST]) == 0
-    assert main(["evaluate", "--store", store, "--quiet", "--metrics", "fidelity"]) == 0
-    m = xr.open_datatree(store, engine="zarr", chunks=None)["metrics"].ds
+    assert main([*explain, "--methods", "dance-grad", "--keep-decoys", *FAST]) == 0
+    metrics = "fidelity,decoy_validity"
+    assert main(["evaluate", "--store", store, "--quiet", "--metrics", metrics]) == 0
+    tree = xr.open_datatree(store, engine="zarr", chunks=None)
+    m = tree["metrics"].ds
+    validity = m["decoy_validity_dance"].values  # recomputed from the stored population
+    assert (validity[:, 0] == 0).all() and (validity[:, 1:] > 0).all()
+    stored = tree["decoys/dance"].ds["representation_difference"].values
+    np.testing.assert_allclose(validity, stored, rtol=1e-4, atol=1e-6)
     assert list(m["method"].values) == ["grad", "ig", "dance-grad"]
     np.testing.assert_array_equal(m["fidelity"].values[:, :2], first["/metrics/fidelity"])
     assert not np.isnan(m["fidelity"].values[:, 2]).any()
