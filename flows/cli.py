@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 
 DEFAULT_MODEL = "builtin:digit-scenes-cnn"
@@ -108,6 +109,27 @@ def _parser() -> argparse.ArgumentParser:
     for stage in (e, a, v):
         stage.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
         stage.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    u = sub.add_parser(
+        "audit", help="the main job: an audit of a spec through Prefect and Dask (default: the "
+        "embedded default spec into ./runs/audit)"
+    )
+    u.add_argument("spec", nargs="?", help="audit spec (YAML; salaudit init writes one)")
+    u.add_argument("--store", help="override the spec's store URL")
+    u.add_argument("--limit", type=int, help="audit only the first N selected samples")
+    u.add_argument("--cluster", help="auto | local | cuda | tcp://SCHEDULER:PORT")
+    u.add_argument("--workers", type=int, help="worker processes of a local cluster")
+    u.add_argument("--fresh", action="store_true", help="delete the store's contents first")
+    u.add_argument("--quiet", action="store_true", help="no progress bar")
+    u.add_argument("--verbose", action="store_true", help="Prefect's and Dask's logs too")
+
+    i = sub.add_parser("init", help="write the default audit spec, commented, to start from")
+    i.add_argument("path", nargs="?", default="salaudit.yaml")
+    i.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    n = sub.add_parser("plan", help="print what an audit will do, without running it")
+    n.add_argument("spec", nargs="?", help="audit spec (YAML; default: the embedded default)")
+    n.add_argument("--limit", type=int, help="as salaudit audit --limit")
 
     s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
     s.add_argument("--store", default=DEFAULT_STORE)
@@ -214,14 +236,113 @@ def _show(args: argparse.Namespace) -> None:
     print(f"salaudit: wrote {args.out} (image and {len(names)} maps: {', '.join(names)})")
 
 
+def _spec(args: argparse.Namespace):
+    from salaudit.auditspec import load_spec, parse_spec
+
+    spec = load_spec(args.spec)
+    overrides = {
+        "limit": getattr(args, "limit", None),
+        "cluster": getattr(args, "cluster", None),
+        "workers": getattr(args, "workers", None),
+    }
+    data = spec.model_dump(mode="json")
+    data |= {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "store", None):
+        data["store"]["url"] = args.store
+    return parse_spec(data, args.spec or "the default spec")
+
+
+def _audit(args: argparse.Namespace) -> None:
+    import logging
+
+    from salaudit.flows.audit import prefect_api, run_audit
+
+    spec = _spec(args)
+    if args.quiet or not args.verbose:  # the progress bar says it; the Prefect UI has the logs
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        for name in ("prefect", "distributed"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    with prefect_api() as api:
+        print(f"salaudit: auditing into {spec.store.url}; Prefect API {api}", flush=True)
+        out = run_audit(spec, fresh=args.fresh, progress=not args.quiet)
+    print(
+        f"salaudit: {out['samples']} samples, {out['units']} units "
+        f"({len(out['recomputed_units'])} computed, the rest were already in the store)"
+    )
+    for note in out["notes"]:
+        print(f"salaudit: {note}")
+    print(
+        f"salaudit: results in {out['store']}  (read with "
+        f"xarray.open_datatree({out['store']!r}, engine='zarr')); statistics in "
+        f"{out['store']}/stats; the report stage is not built yet"
+    )
+
+
+def _init(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from salaudit.auditspec import DEFAULT_SPEC
+    from salaudit.errors import SalauditError
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise SalauditError(f"{path} exists; pass --force to overwrite it, or name another path")
+    path.write_text(DEFAULT_SPEC)
+    print(f"salaudit: wrote {path}; edit it, then: salaudit plan {path}; salaudit audit {path}")
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from salaudit.audit import estimate
+    from salaudit.data import load_dataset
+    from salaudit.flows.audit import gpu_count, worker_threads
+
+    spec = _spec(args)
+    n = min(spec.sample_selection().n or 10**12, len(load_dataset(spec.data)))
+    print("salaudit: calibrating one sample through every stage on this machine ...", flush=True)
+    est = estimate(spec, n)
+    gpus = gpu_count()
+    workers = spec.workers or gpus or 2
+    print(f"audit of {n} samples of {spec.data} by {spec.model} into {spec.store.url}")
+    print(f"  methods: {', '.join(spec.methods)}")
+    print(f"  attacks: {', '.join(spec.attacks) or 'none'}")
+    print(f"  cluster: {spec.cluster} ({workers} workers, {worker_threads(spec)} torch threads each)")
+    print(f"  {est.shards} shards of up to {spec.shard_size} samples, {est.units} tasks")
+    print("  per stage, per sample: images through the model, seconds on this machine")
+    for stage, seconds in est.stage_seconds.items():
+        print(f"    {stage:<8} {est.model_rows[stage]:>9,d} images {seconds:>8.2f} s")
+    total = est.seconds / max(1, min(workers, est.shards))
+    print(f"  estimated time: {total / 60:.1f} min with {workers} workers (one-sample calibration)")
+    print(
+        f"  storage: {_size(est.bytes_per_sample * n)} uncompressed, about "
+        f"{_size(est.stored_bytes_per_sample * n)} as written"
+        + (" (decoy populations kept)" if spec.keep_decoys else "")
+    )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
 def main(argv: list[str] | None = None) -> int:
     from salaudit.errors import SalauditError
 
     args = _parser().parse_args(argv)
     try:
-        {"explain": _explain, "attack": _attack, "evaluate": _evaluate, "show": _show}[
-            args.command
-        ](args)
+        commands = {
+            "explain": _explain,
+            "attack": _attack,
+            "evaluate": _evaluate,
+            "show": _show,
+            "audit": _audit,
+            "init": _init,
+            "plan": _plan,
+        }
+        commands[args.command](args)
     except SalauditError as e:
         print(f"salaudit: error: {e}", file=sys.stderr)
         return 2

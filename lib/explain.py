@@ -100,15 +100,7 @@ def resolve_device(name: str) -> torch.device:
 def prepare(config: ExplainConfig, progress: bool = True) -> Run:
     """Load, select, validate and check everything, then open the store and lay out its
     template. Bad input raises here, before anything is written."""
-    device = resolve_device(config.device)
-    model = load_model(config.model, device=device, progress=progress)
-    dataset = load_dataset(config.data)
-    if tuple(dataset.image_shape) != tuple(model.input_shape):
-        raise SalauditError(
-            f"{config.data} has images of shape {dataset.image_shape}, model {config.model} "
-            f"takes {model.input_shape}; resize or crop the data to fit"
-        )
-    methods = [_method(config, name).resolved(model) for name in config.methods]
+    device, model, dataset, methods = _load(config, progress)
     samples = select_samples(dataset, config.selection, model, device)
     _validate(dataset, samples)
     identity = {
@@ -127,22 +119,48 @@ def prepare(config: ExplainConfig, progress: bool = True) -> Run:
     store = Store.open(
         config.store, identity, attrs, fresh=config.fresh, storage_options=config.storage_options
     )
+    run = _run(config, model, dataset, methods, samples, store, device)
+    _layout(run)
+    return run
+
+
+def attach(config: ExplainConfig, micro_batch: int | None = None) -> Run:
+    """The run of a store that `prepare` laid out, rebuilt read-only: what a worker needs to
+    fill regions. Samples come from the store; a store of another model or data is refused."""
+    device, model, dataset, methods = _load(config, progress=False)
+    store = Store(config.store, config.storage_options)
+    if not store.exists():
+        raise SalauditError(f"there is no store at {config.store}; prepare the run first")
+    store.check_identity(
+        {"model_fingerprint": model.fingerprint, "data_fingerprint": dataset.fingerprint}
+    )
+    samples = store.read("inputs/sample")
+    run = _run(config, model, dataset, methods, samples, store, device)
+    if micro_batch:
+        run.micro_batch = micro_batch
+    return run
+
+
+def _load(config: ExplainConfig, progress: bool):
+    """(device, model, dataset, resolved methods) of a config, checked against each other."""
+    device = resolve_device(config.device)
+    model = load_model(config.model, device=device, progress=progress)
+    dataset = load_dataset(config.data)
+    if tuple(dataset.image_shape) != tuple(model.input_shape):
+        raise SalauditError(
+            f"{config.data} has images of shape {dataset.image_shape}, model {config.model} "
+            f"takes {model.input_shape}; resize or crop the data to fit"
+        )
+    methods = [_method(config, name).resolved(model) for name in config.methods]
+    return device, model, dataset, methods
+
+
+def _run(config, model, dataset, methods, samples, store, device) -> Run:
     refs = None
     if any(m.base == "expgrad" for m in methods):
         refs = dataset.references(REFERENCE_IMAGES, config.seed).to(device)
-    run = Run(
-        config,
-        model,
-        dataset,
-        methods,
-        samples,
-        store,
-        device,
-        micro_batch_size(model, device),
-        refs,
-    )
-    _layout(run)
-    return run
+    micro_batch = micro_batch_size(model, device)
+    return Run(config, model, dataset, methods, samples, store, device, micro_batch, refs)
 
 
 def reopen(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import StoreConflict
+from .errors import SalauditError, StoreConflict
 from .io import filesystem, is_remote, storage_options_for
 
 IDENTITY_KEYS = ("model_fingerprint", "data_fingerprint", "selection", "seed")
@@ -51,14 +52,25 @@ class Store:
         model, data, selection or seed) unless `fresh`, which deletes what is there."""
         store = cls(url, storage_options)
         if store.exists() and fresh:
-            store.fs.rm(store.path, recursive=True)
+            store.clear()
         if store.exists():
             store.check_identity(identity)
         else:
-            root = zarr.open_group(store._zarr(), mode="w", zarr_format=3)
+            root = zarr.open_group(store._zarr(), mode="a", zarr_format=3)
+            identity = {**identity, "store_id": uuid.uuid4().hex}
             root.attrs.update({**(attrs or {}), **identity})
             store.consolidate()
         return store
+
+    def clear(self) -> None:
+        """Delete everything in the store but its lease (held by whoever clears it)."""
+        for entry in self.fs.ls(self.path, detail=False):
+            if entry.rstrip("/").endswith("/_salaudit"):
+                for inner in self.fs.ls(entry, detail=False):
+                    if not inner.endswith("/lease.json"):
+                        self.fs.rm(inner, recursive=True)
+            else:
+                self.fs.rm(entry, recursive=True)
 
     def exists(self) -> bool:
         return self.fs.exists(f"{self.path}/zarr.json")
@@ -250,6 +262,25 @@ class Store:
         names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
         regions = [n.removesuffix(".json").split("-") for n in names if n.endswith(".json")]
         return sorted((int(a), int(b)) for a, b in regions)
+
+
+def check_reachable(url: str, storage_options: dict | None = None) -> None:
+    """Fail before any work if the store's location cannot be reached or written: a missing
+    bucket, an unreachable endpoint or missing credentials, named with the fix."""
+    if not is_remote(url):
+        return
+    fs, path = filesystem(url, storage_options)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.ls(bucket, detail=False)
+    except FileNotFoundError:
+        raise SalauditError(f"bucket {bucket!r} of store {url} does not exist; create it") from None
+    except Exception as error:
+        raise SalauditError(
+            f"cannot reach store {url} ({type(error).__name__}: {error}); check the endpoint "
+            "(storage_options.endpoint_url or AWS_ENDPOINT_URL) and the credentials "
+            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        ) from None
 
 
 def population_chunks(shape: tuple[int, ...], itemsize: int = 4) -> tuple[int, ...]:

@@ -48,3 +48,30 @@ def tiny_conv() -> nn.Module:
 def not_a_classifier() -> nn.Module:
     """Returns images, not logits."""
     return nn.Identity()
+
+
+def poisoned_cnn() -> nn.Module:
+    """The default model, refusing (RuntimeError) any batch holding an image whose pixel sum
+    is listed in the JSON file named by $SALAUDIT_TEST_POISON: a shard that fails for real."""
+    import json
+    import os
+    from pathlib import Path
+
+    from salaudit import load_model
+
+    class Poisoned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = load_model("builtin:digit-scenes-cnn", progress=False)
+
+        def forward(self, x):
+            flag = Path(os.environ.get("SALAUDIT_TEST_POISON", "/nonexistent"))
+            if flag.exists():
+                sums = torch.tensor(json.loads(flag.read_text()), dtype=x.dtype)
+                if (x.sum((1, 2, 3))[:, None] - sums[None]).abs().min() < 1e-3:
+                    raise RuntimeError("poisoned image in this batch (a planted failure)")
+            return self.inner(x)
+
+    net = Poisoned()
+    net.input_shape = (3, 32, 32)
+    return net

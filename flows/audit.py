@@ -1,0 +1,258 @@
+"""The audit flow: one spec, prepared once, fanned out as (stage, shard) tasks over Dask.
+
+The flow holds the store's lease, prepares the model and the store's template before any
+fan-out, submits each unit once the units it reads have completed (a failed unit skips only
+its own shard's dependants), updates a progress artifact as units finish, computes the
+statistics and publishes a table artifact of per-method metric summaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+import dask
+from prefect import flow
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect_dask import DaskTaskRunner
+
+from salaudit.audit import AuditPlan, Unit, finish, prepare_audit
+from salaudit.auditspec import AuditSpec, parse_spec
+from salaudit.errors import SalauditError
+from salaudit.lease import Lease
+from salaudit.store import check_reachable
+from salaudit.tasks.units import audit_unit
+
+CPU_WORKERS = 2
+
+
+class AuditFailed(RuntimeError):
+    """Some units failed; the others are written and a re-run recomputes only the rest."""
+
+
+# --- the cluster ------------------------------------------------------------------------------
+
+
+def gpu_count() -> int:
+    """GPUs NVML finds (0 where there is no NVML or no GPU)."""
+    try:
+        from dask_cuda.utils import get_n_gpus
+
+        return int(get_n_gpus())
+    except Exception:
+        return 0
+
+
+def task_runner(spec: AuditSpec) -> DaskTaskRunner:
+    """The Dask task runner of `spec.cluster`: dask-cuda where NVML finds GPUs, a local
+    process cluster otherwise, or the scheduler at an address."""
+    if "://" in spec.cluster:
+        return DaskTaskRunner(address=spec.cluster)
+    gpus = gpu_count()
+    if spec.cluster == "cuda" and not gpus:
+        raise SalauditError("cluster: cuda asked for, but NVML finds no GPU; use local or auto")
+    if spec.cluster == "cuda" or (spec.cluster == "auto" and gpus):
+        kwargs = {"resources": {"GPU": 1}, "threads_per_worker": 1}
+        if spec.workers:
+            kwargs["n_workers"] = spec.workers
+        return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=kwargs)
+    kwargs = {"n_workers": spec.workers or CPU_WORKERS, "threads_per_worker": 1, "processes": True}
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+
+
+def worker_threads(spec: AuditSpec) -> int | None:
+    """Torch threads per worker of a local cluster, so workers share the cores without
+    oversubscribing them (None: an external cluster's workers keep their own setting)."""
+    if "://" in spec.cluster:
+        return None
+    workers = spec.workers or gpu_count() or CPU_WORKERS
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _gpu_slots() -> contextlib.AbstractContextManager:
+    """One unit per GPU where every worker declares `GPU` (dask-cuda workers here, or
+    `dask worker --resources GPU=1`); no annotation otherwise, so nothing waits forever."""
+    from distributed import get_client
+
+    try:
+        workers = get_client().scheduler_info()["workers"].values()
+    except ValueError:
+        return contextlib.nullcontext()
+    if workers and all("GPU" in w.get("resources", {}) for w in workers):
+        return dask.annotate(resources={"GPU": 1})
+    return contextlib.nullcontext()
+
+
+# --- the flow ---------------------------------------------------------------------------------
+
+
+@flow(name="salaudit-audit", log_prints=True)
+def audit(spec: dict[str, Any], fresh: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Audit a model as `spec` says (the fields of salaudit's audit spec)."""
+    parsed = parse_spec(spec)
+    check_reachable(parsed.store.url, parsed.store.storage_options)
+    lease = Lease(parsed.store.url, parsed.store.storage_options)
+    lease.acquire(parsed.lease_wait, holder=_holder())
+    try:
+        return _audit(parsed, fresh, progress)
+    finally:
+        lease.release()
+
+
+def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
+    run, plan = prepare_audit(spec, fresh, progress)
+    attrs = run.store.attrs()
+    identity = {k: attrs[k] for k in ("model_fingerprint", "data_fingerprint", "store_id")}
+    threads = worker_threads(spec)
+    results, failures = _fan_out(spec, plan, identity, threads, run.store, progress)
+    summary = {
+        "store": run.store.url,
+        "samples": len(run.samples),
+        "units": len(plan.units()),
+        "computed": sum(len(r["computed"]) for r in results.values()),
+        "recomputed_units": sorted(u.label for u, r in results.items() if r["computed"]),
+        "failed": {u.label: why for u, why in failures.items()},
+        "notes": plan.notes,
+        "model_fingerprint": identity["model_fingerprint"],
+    }
+    if failures:
+        lines = "\n".join(f"  {label}: {why}" for label, why in summary["failed"].items())
+        raise AuditFailed(
+            f"{len(failures)} of {summary['units']} units failed (the rest are written; "
+            f"running the same audit again recomputes only what is missing):\n{lines}"
+        )
+    table = finish(run, plan)
+    if table is not None:
+        _publish_table(table)
+    return summary
+
+
+def _fan_out(spec, plan: AuditPlan, identity, threads, store, progress):
+    """Submit every unit once what it reads is complete; gather every outcome."""
+    from tqdm.auto import tqdm
+
+    units = plan.units()
+    artifact = create_progress_artifact(
+        0.0, key="salaudit-progress", description=f"units of the audit into {store.url}"
+    )
+    bar = tqdm(total=len(units), desc="audit", unit="unit", disable=not progress, file=sys.stderr)
+    task = audit_unit.with_options(retries=spec.retries)
+    payload = spec.model_dump(mode="json")
+    results: dict[Unit, dict] = {}
+    failures: dict[Unit, str] = {}
+    running: dict[Any, Unit] = {}
+    waiting = list(units)
+    with _gpu_slots():
+        while waiting or running:
+            for unit in [u for u in waiting if _ready(plan, u, results)]:
+                waiting.remove(unit)
+                fresh = not _done(store, unit)  # the store, not the cache, says what is done
+                future = task.with_options(refresh_cache=fresh).submit(
+                    payload, _unit_dict(unit), identity, threads
+                )
+                running[future] = unit
+            for unit in [u for u in waiting if any(d in failures for d in plan.needs(u))]:
+                waiting.remove(unit)
+                failures[unit] = "not run: a unit it reads failed"
+                bar.update()
+            if not running:
+                break
+            future = next(as_completed(list(running)))
+            unit = running.pop(future)
+            try:
+                results[unit] = future.result()
+                if future.state.name == "Cached":  # found in the cache: nothing recomputed
+                    results[unit] = {**results[unit], "computed": [], "cached": True}
+            except Exception as error:
+                failures[unit] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            bar.update()
+            update_progress_artifact(artifact, 100.0 * (len(results) + len(failures)) / len(units))
+    bar.close()
+    return results, failures
+
+
+def _ready(plan: AuditPlan, unit: Unit, results: dict) -> bool:
+    return all(d in results for d in plan.needs(unit))
+
+
+def _done(store, unit: Unit) -> bool:
+    """Whether the store's done-markers say the unit is complete."""
+    kind, _, name = unit.stage.partition(":")
+    region = (unit.start, unit.stop)
+    if kind == "inputs":
+        return store.is_done("inputs", *region)
+    if kind == "maps":
+        return all(store.is_done(f"maps/{m}", *region) for m in unit.names)
+    if kind == "attack":
+        return store.is_done(f"attacks/{name}", *region)
+    return False  # metrics: cheap to check cell by cell inside the task
+
+
+def _unit_dict(unit: Unit) -> dict[str, Any]:
+    out = asdict(unit)
+    out["names"] = list(unit.names)
+    return out
+
+
+def _publish_table(table) -> None:
+    rows = [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(table, values, strict=True)}
+        for values in zip(*table.values(), strict=True)
+    ]
+    create_table_artifact(
+        rows, key="salaudit-metrics", description="per method and metric: mean and paired test"
+    )
+
+
+def _holder() -> str:
+    from prefect.runtime import flow_run
+
+    return f"flow run {flow_run.name or flow_run.id}"
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """The Prefect API the flow and its Dask workers report to: the configured one, else a
+    temporary local server whose URL the workers inherit (never one server per worker)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = PREFECT_API_URL.value()
+    if url:
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # the run's last logs, before their server goes
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def run_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the audit flow on its cluster (bad input raises before any work starts)."""
+    check_reachable(spec.store.url, spec.store.storage_options)
+    return audit.with_options(task_runner=task_runner(spec))(
+        spec.model_dump(mode="json"), fresh=fresh, progress=progress
+    )

@@ -1,0 +1,204 @@
+"""An audit: every stage of a spec, over a store's shard-aligned regions.
+
+`prepare_audit` does the one-off work before any fan-out (the model trained and fingerprinted,
+the data fingerprinted, every stage's template laid out); `AuditPlan.units` lists the
+(stage, region) units an orchestrator fans out and `AuditPlan.needs` their dependencies;
+`run_unit` fills one unit on a run attached to the store; `finish` computes the statistics.
+`audit_direct` runs it all in this process: the library path the orchestrated flow agrees with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from .attack_stage import AttackPlan, layout_attacks, plan_attacks, run_attack
+from .auditspec import AuditSpec
+from .evaluate import layout_metrics, plan_evaluation, run_metrics, statistics, write_statistics
+from .explain import Run, attach, prepare, run_inputs, run_maps
+from .registry import Method
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One stage on samples [start, stop): `inputs`, `maps:<group>`, `attack:<name>` or
+    `metrics`; `names` are the group's methods or the metric families."""
+
+    stage: str
+    start: int
+    stop: int
+    names: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}[{self.start}:{self.stop}]"
+
+
+@dataclass
+class AuditPlan:
+    """What an audit computes on a prepared store."""
+
+    spec: AuditSpec
+    regions: list[tuple[int, int]]
+    groups: dict[str, list[str]]  # group -> its methods (sharing decoys or a boundary search)
+    attacks: list[AttackPlan]
+    families: list[str]
+    notes: list[str]
+
+    def units(self) -> list[Unit]:
+        """Every unit, each after the units it needs."""
+        out = []
+        for start, stop in self.regions:
+            out.append(Unit("inputs", start, stop))
+            out += [Unit(f"maps:{g}", start, stop, tuple(ms)) for g, ms in self.groups.items()]
+            out += [Unit(f"attack:{a.name}", start, stop) for a in self.attacks]
+            if self.families:
+                out.append(Unit("metrics", start, stop, tuple(self.families)))
+        return out
+
+    def needs(self, unit: Unit) -> list[Unit]:
+        """The units of the same region that `unit` reads."""
+        same = [u for u in self.units() if (u.start, u.stop) == (unit.start, unit.stop)]
+        if unit.stage == "inputs":
+            return []
+        if unit.stage == "metrics":
+            return [u for u in same if u.stage != "metrics"]
+        return [u for u in same if u.stage == "inputs"]
+
+
+def method_groups(methods: list[Method]) -> dict[str, list[str]]:
+    """Methods that share work go together: one decoy configuration, one boundary search;
+    every other method is a group of its own."""
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        label = f"decoys-{m.decoys.generator}" if m.decoys else "boundary" if m.boundary else m.name
+        groups.setdefault(label, []).append(m.name)
+    return groups
+
+
+def prepare_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True):
+    """(run, plan): everything loaded and checked, every template laid out, nothing computed."""
+    run = prepare(spec.explain_config(fresh), progress)
+    attacks = plan_attacks(spec.attacks, spec.attack_params, spec.radii) if spec.attacks else []
+    if attacks:
+        layout_attacks(run, attacks)
+    families, notes = [], []
+    if spec.metrics != []:
+        ev = plan_evaluation(run, spec.metrics)
+        layout_metrics(ev)
+        families, notes = ev.families, ev.notes
+    plan = AuditPlan(spec, run.regions, method_groups(run.methods), attacks, families, notes)
+    return run, plan
+
+
+def attach_run(spec: AuditSpec, micro_batch: int | None = None) -> Run:
+    """The run a worker fills units of (the store laid out by `prepare_audit`)."""
+    return attach(spec.explain_config(), micro_batch)
+
+
+def run_unit(run: Run, spec: AuditSpec, unit: Unit) -> dict:
+    """Fill one unit; finished parts (done-markers) are skipped. Returns a small summary."""
+    kind, _, name = unit.stage.partition(":")
+    region = (unit.start, unit.stop)
+    if kind == "inputs":
+        computed = [] if run_inputs(run, *region)["skipped"] else ["inputs"]
+    elif kind == "maps":
+        group = dataclasses.replace(run, methods=[m for m in run.methods if m.name in unit.names])
+        computed = run_maps(group, *region)["computed"]
+    elif kind == "attack":
+        plans = plan_attacks(spec.attacks, spec.attack_params, spec.radii)
+        computed = run_attack(run, next(p for p in plans if p.name == name), *region)
+    elif kind == "metrics":
+        computed = run_metrics(plan_evaluation(run, list(unit.names)), *region)
+    else:
+        raise ValueError(f"unknown stage {unit.stage!r}")
+    return {"stage": unit.stage, "start": unit.start, "stop": unit.stop, "computed": computed}
+
+
+def finish(run: Run, plan: AuditPlan) -> dict[str, np.ndarray] | None:
+    """Statistics over every sample, written to `stats` (None when no metrics were asked)."""
+    if not plan.families:
+        return None
+    ev = plan_evaluation(run, plan.families)
+    table = statistics(ev)
+    write_statistics(ev, table)
+    return table
+
+
+def audit_direct(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict:
+    """The whole audit in this process, unit after unit; returns a summary."""
+    from tqdm.auto import tqdm
+
+    run, plan = prepare_audit(spec, fresh, progress)
+    computed = 0
+    for unit in tqdm(plan.units(), desc="audit", disable=not progress, file=sys.stderr):
+        computed += len(run_unit(run, spec, unit)["computed"])
+    finish(run, plan)
+    return {"store": run.store.url, "samples": len(run.samples), "computed": computed}
+
+
+# --- planning without running ---------------------------------------------------------------
+
+
+@dataclass
+class Estimate:
+    """What an audit will do, from a one-sample calibration on this machine."""
+
+    samples: int
+    shards: int
+    units: int
+    stage_seconds: dict[str, float]  # per sample
+    model_rows: dict[str, int]  # images through the model (forward), per sample
+    bytes_per_sample: int  # uncompressed
+    stored_bytes_per_sample: int  # as written (compressed) by the calibration
+
+    @property
+    def seconds(self) -> float:
+        return self.samples * sum(self.stage_seconds.values())
+
+
+def estimate(spec: AuditSpec, samples: int) -> Estimate:
+    """Time one sample through every stage of `spec` in a scratch store on this machine,
+    counting the images each stage sends through the model, and scale to `samples`."""
+    probe = spec.model_copy(update={"limit": 1, "store": spec.store.model_copy()})
+    with tempfile.TemporaryDirectory(prefix="salaudit-plan-") as scratch:
+        probe.store.url, probe.store.storage_options = f"{scratch}/store", {}
+        run, plan = prepare_audit(probe, progress=False)
+        rows: dict[str, int] = {}
+        seconds: dict[str, float] = {}
+        counter = {"rows": 0}
+        hook = run.model.register_forward_pre_hook(
+            lambda _m, args: counter.__setitem__("rows", counter["rows"] + len(args[0]))
+        )
+        try:
+            for unit in plan.units():
+                stage = unit.stage.split(":")[0] if unit.stage != "metrics" else "metrics"
+                counter["rows"], stamp = 0, time.perf_counter()
+                run_unit(run, probe, unit)
+                seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - stamp
+                rows[stage] = rows.get(stage, 0) + counter["rows"]
+        finally:
+            hook.remove()
+        full, stored = _sizes(run.store)
+    shard = spec.shard_size
+    shards = -(-samples // shard)
+    units = len(plan.units()) * shards
+    return Estimate(samples, shards, units, seconds, rows, full, stored)
+
+
+def _sizes(store: Store) -> tuple[int, int]:
+    """(uncompressed bytes, stored bytes) of the arrays of a one-sample store."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the markers folder is no Zarr node
+        members = store.root("r").members(max_depth=None)
+    full = sum(node.nbytes for _, node in members if isinstance(node, zarr.Array))
+    stored = sum(store.fs.du(store.path, total=False).values())
+    return int(full), int(stored)

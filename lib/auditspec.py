@@ -1,0 +1,266 @@
+"""The audit spec: one YAML file saying what an audit computes, where it writes and on what.
+
+Validated with pydantic; every error names the field and what it allows. Credentials never
+live in a spec: storage options carry endpoints and settings, keys come from the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .attack_stage import plan_attacks
+from .errors import SalauditError
+from .evaluate import FAMILIES
+from .explain import DEFAULT_SHARD, ExplainConfig
+from .registry import BOUNDARY_METHODS, get_method, split_name
+from .selection import MODES, Selection
+
+CREDENTIAL_KEYS = {
+    "key",
+    "secret",
+    "token",
+    "password",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "session_token",
+}
+CLUSTER_KINDS = ("auto", "local", "cuda")
+
+DEFAULT_SPEC = """\
+# salaudit audit spec (salaudit init writes this file; salaudit audit SPEC runs it).
+# The embedded default: 16 test images of the builtin digit scenes, the classic gradient
+# methods, decoy-enhanced grad and RelEx, two saliency attacks on grad and PGD on the
+# prediction, every applicable metric. About 10 minutes on 2 CPU cores, seconds on a GPU.
+
+model: builtin:digit-scenes-cnn        # builtin:NAME | torchvision:ARCH?weights=URL | python:MOD:FN
+data: builtin:digit-scenes             # builtin:NAME | folder:PATH_OR_S3_URL | zarr:URL
+selection:
+  mode: random                         # first | random | stratified
+  n: 16                                # number of samples (omit for all)
+  correct_only: false                  # only samples the model classifies correctly
+seed: 0                                # seeds the selection and every random draw
+
+methods:                               # name: {parameter: value}; {} keeps the defaults
+  grad: {}
+  ig: {n_steps: 16}
+  smoothgrad: {n_samples: 10}
+  dance-grad: {}
+  relex: {}
+decoys:                                # per decoy generator (dance, blur, ...)
+  dance: {stride: 3}
+boundary: {}                           # boundary search of bsm and big
+keep_decoys: false                     # store decoy populations (they grow fast)
+
+attacks: [topk@grad, mass-center@grad, pgd]   # ATTACK@METHOD; pgd attacks the prediction
+attack_params:
+  topk: {steps: 30}
+  mass-center: {steps: 30}
+  pgd: {steps: 10}
+radii: [2, 8, 32]                      # pgd's L_inf radii in units of 1/255
+metrics: null                          # null: every applicable family; or a list, e.g. [fidelity]
+
+store:
+  url: runs/audit                      # a local folder or s3://bucket/prefix
+  storage_options: {}                  # e.g. {endpoint_url: http://minio:9000}; keys come
+                                       # from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+shard_size: 8                          # samples per task and per Zarr chunk
+cluster: auto                          # auto | local | cuda | tcp://SCHEDULER:8786
+workers: null                          # worker processes (null: one per GPU, or 2 on a CPU)
+device: auto                           # auto | cpu | cuda
+retries: 2                             # retries of transient faults (storage, lost worker, OOM)
+lease_wait: 0                          # seconds to wait for another audit's lease on the store
+"""
+
+
+class SelectionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal[MODES] = "random"  # type: ignore[valid-type]
+    n: int | None = Field(16, ge=1)
+    correct_only: bool = False
+
+
+class StoreSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "runs/audit"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        given = sorted(CREDENTIAL_KEYS & set(value))
+        if given:
+            raise ValueError(
+                f"credentials ({', '.join(given)}) do not belong in a spec; set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile) in the "
+                "environment instead"
+            )
+        return value
+
+
+class AuditSpec(BaseModel):
+    """What an audit computes (see DEFAULT_SPEC for every field, commented)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "builtin:digit-scenes-cnn"
+    data: str = "builtin:digit-scenes"
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    seed: int = 0
+    methods: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"grad": {}})
+    decoys: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    boundary: dict[str, Any] = Field(default_factory=dict)
+    keep_decoys: bool = False
+    attacks: list[str] = Field(default_factory=list)
+    attack_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    radii: list[float] | None = None
+    metrics: list[str] | None = None
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    shard_size: int = Field(DEFAULT_SHARD, ge=1)
+    cluster: str = "auto"
+    workers: int | None = Field(None, ge=1)
+    device: str = "auto"
+    retries: int = Field(2, ge=0)
+    lease_wait: float = Field(0, ge=0)
+    limit: int | None = Field(None, ge=1)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _method_list(cls, value: Any) -> Any:
+        """A plain list of names means default parameters."""
+        if isinstance(value, list):
+            return {str(name): {} for name in value}
+        return {k: (v or {}) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not value:
+            raise ValueError("name at least one method, e.g. grad")
+        for name, params in value.items():
+            get_method(name, params)
+        return value
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, value: list[str]) -> list[str]:
+        if value:
+            plan_attacks(value)
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [m for m in value or [] if m not in FAMILIES and m != "all"]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; valid: {', '.join(FAMILIES)} or all")
+        return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str) -> str:
+        if value not in CLUSTER_KINDS and not re.match(r"^(tcp|tls|inproc|ucx)://.+", value):
+            raise ValueError(
+                f"cluster {value!r} is neither {', '.join(CLUSTER_KINDS)} nor a scheduler "
+                "address such as tcp://10.0.0.5:8786"
+            )
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", value):
+            raise ValueError(f"device {value!r}; allowed: auto, cpu, cuda or cuda:N")
+        return value
+
+    # --- derived ------------------------------------------------------------------------
+
+    def sample_selection(self) -> Selection:
+        n = self.limit or self.selection.n
+        return Selection(self.selection.mode, n, self.seed, self.selection.correct_only)
+
+    def explain_config(self, fresh: bool = False) -> ExplainConfig:
+        return ExplainConfig(
+            model=self.model,
+            data=self.data,
+            methods=list(self.methods),
+            store=self.store.url,
+            selection=self.sample_selection(),
+            keep_decoys=self.keep_decoys,
+            device=self.device,
+            seed=self.seed,
+            fresh=fresh,
+            shard_size=self.shard_size,
+            method_params={k: v for k, v in self.methods.items() if v},
+            decoy_params=self.decoys,
+            boundary_params=self.boundary,
+            storage_options=self.store.storage_options or None,
+        )
+
+    def check(self) -> AuditSpec:
+        """Cross-field checks: decoy settings for used generators, boundary settings only with
+        bsm or big, and every method buildable with them."""
+        generators = {split_name(m)[1] for m in self.methods} - {None}
+        unused = sorted(set(self.decoys) - generators)
+        if unused:
+            raise SalauditError(
+                f"spec field decoys: settings for {', '.join(unused)}, which no method uses "
+                f"(methods: {', '.join(self.methods)})"
+            )
+        if self.boundary and not BOUNDARY_METHODS & {split_name(m)[0] for m in self.methods}:
+            raise SalauditError("spec field boundary: settings apply to bsm and big, not asked for")
+        cfg = self.explain_config()
+        for name in self.methods:
+            base, generator, _ = split_name(name)
+            try:
+                get_method(
+                    name,
+                    cfg.method_params.get(name),
+                    self.decoys.get(generator) if generator else None,
+                    self.boundary if base in BOUNDARY_METHODS else None,
+                )
+            except SalauditError as e:
+                raise SalauditError(f"spec field methods.{name} (with its settings): {e}") from None
+        return self
+
+
+def parse_spec(data: dict[str, Any] | None, where: str = "spec") -> AuditSpec:
+    """Validate a spec's fields; errors name the field and what it allows."""
+    try:
+        spec = AuditSpec.model_validate(data or {})
+    except ValidationError as e:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {_message(err)}"
+            for err in e.errors()
+        ]
+        raise SalauditError(f"{where} is invalid:\n" + "\n".join(lines)) from None
+    return spec.check()
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return f"unknown field; valid fields: {', '.join(AuditSpec.model_fields)}"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def load_spec(path: str | Path | None) -> AuditSpec:
+    """The spec in the YAML file at `path`, or the embedded default."""
+    if path is None:
+        return parse_spec(yaml.safe_load(DEFAULT_SPEC), "the default spec")
+    path = Path(path)
+    if not path.is_file():
+        raise SalauditError(f"no spec file at {path}; write one with salaudit init {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SalauditError(f"{path} is not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise SalauditError(f"{path} must hold a mapping of spec fields, not {type(data).__name__}")
+    return parse_spec(data, str(path))
