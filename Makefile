@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)  ## the main job on the embedded default
-	$(VENV)/bin/salaudit explain
+	$(VENV)/bin/salaudit audit
 
 test: $(STAMP)  ## every test, slow ones included (what CI runs)
 	$(PY) -m pytest
@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/robust.py
+	$(PY) benchmarks/audit_overhead.py
 
 clean:
 	rm -rf $(VENV) runs
