@@ -53,15 +53,21 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch, prefect_api():
         n, shard = args.images, args.shard_size
-        direct = timed(lambda: audit_direct(parse_spec(spec(f"{scratch}/d", n, shard)), False, False))
+        direct = timed(
+            lambda: audit_direct(parse_spec(spec(f"{scratch}/d", n, shard)), False, False)
+        )
         rows.append(("library, in-process", direct))
         for workers in (1, 2):
             url = f"{scratch}/flow{workers}"
-            t = timed(lambda u=url, w=workers: run_audit(parse_spec(spec(u, n, shard, w)), False, False))
+            t = timed(
+                lambda u=url, w=workers: run_audit(parse_spec(spec(u, n, shard, w)), False, False)
+            )
             rows.append((f"flow, {workers} Dask worker{'s' if workers > 1 else ''}", t))
-    print(f"\n{args.images} images, shards of {args.shard_size}, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, {date.today()}")
-    print(f"| run | seconds | against the library |\n|---|---|---|")
+    print(
+        f"\n{args.images} images, shards of {args.shard_size}, {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, {date.today()}"
+    )
+    print("| run | seconds | against the library |\n|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {t:.1f} | {t / direct - 1:+.0%} |")
 

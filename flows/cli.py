@@ -111,8 +111,9 @@ def _parser() -> argparse.ArgumentParser:
         stage.add_argument("--quiet", action="store_true", help="no progress bars")
 
     u = sub.add_parser(
-        "audit", help="the main job: an audit of a spec through Prefect and Dask (default: the "
-        "embedded default spec into ./runs/audit)"
+        "audit",
+        help="the main job: an audit of a spec through Prefect and Dask (default: the "
+        "embedded default spec into ./runs/audit)",
     )
     u.add_argument("spec", nargs="?", help="audit spec (YAML; salaudit init writes one)")
     u.add_argument("--store", help="override the spec's store URL")
@@ -306,7 +307,9 @@ def _plan(args: argparse.Namespace) -> None:
     print(f"audit of {n} samples of {spec.data} by {spec.model} into {spec.store.url}")
     print(f"  methods: {', '.join(spec.methods)}")
     print(f"  attacks: {', '.join(spec.attacks) or 'none'}")
-    print(f"  cluster: {spec.cluster} ({workers} workers, {worker_threads(spec)} torch threads each)")
+    print(
+        f"  cluster: {spec.cluster} ({workers} workers, {worker_threads(spec)} torch threads each)"
+    )
     print(f"  {est.shards} shards of up to {spec.shard_size} samples, {est.units} tasks")
     print("  per stage, per sample: images through the model, seconds on this machine")
     for stage, seconds in est.stage_seconds.items():

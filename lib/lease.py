@@ -8,6 +8,7 @@ stopped renewing it (a crashed audit) expires after `ttl` seconds and may be tak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -115,7 +116,5 @@ class Lease:
             self.fs.pipe_file(self.path, self._body())
 
     def _remove(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path)
-        except FileNotFoundError:
-            pass
