@@ -3,7 +3,9 @@
 The lease is a small JSON object at `<store>/_salaudit/lease.json`, created exclusively (an
 `O_EXCL` open on a local disk, a conditional `If-None-Match: *` put on S3), renewed by a
 background thread while its holder works, and removed when it is done. A lease whose holder
-stopped renewing it (a crashed audit) expires after `ttl` seconds and may be taken over.
+stopped renewing it (a crashed audit) expires after `ttl` seconds and may be taken over (two
+audits taking over one expired lease at the same instant could both succeed: a narrow race,
+not closed here).
 """
 
 from __future__ import annotations
