@@ -20,6 +20,11 @@ import yaml
 from salaudit.audit import Unit, audit_direct, prepare_audit
 from salaudit.auditspec import load_spec, parse_spec
 from salaudit.errors import SalauditError
+
+# Imported here, at collection, on purpose: Prefect binds its console log handler to the
+# sys.stderr of the moment it is first imported. Imported inside a test using capsys, that is
+# the test's capture stream, closed afterwards, and every later flow fails logging to it.
+from salaudit.flows.audit import AuditFailed, run_audit
 from salaudit.lease import Lease, StoreBusy
 from salaudit.store import Store
 
@@ -186,8 +191,6 @@ def prefect_api():
 
 
 def run_flow(spec: dict, fresh: bool = False) -> dict:
-    from salaudit.flows.audit import run_audit
-
     return run_audit(parse_spec(spec), fresh=fresh, progress=False)
 
 
@@ -248,7 +251,6 @@ def test_flow_on_two_workers_into_s3_equals_the_library(prefect_api, bucket, dir
 def test_a_failed_shard_leaves_the_rest_and_a_rerun_recomputes_only_it(
     prefect_api, tmp_path, monkeypatch, dataset
 ):
-    from salaudit.flows.audit import AuditFailed
     from salaudit.selection import Selection, select_samples
 
     spec = small(
