@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -22,10 +23,9 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
-from salaudit.audit import AuditPlan, Unit, finish, prepare_audit
+from salaudit.audit import AuditPlan, Unit, finish, prepare_audit, unit_done
 from salaudit.auditspec import AuditSpec, parse_spec
 from salaudit.errors import SalauditError
 from salaudit.lease import Lease
@@ -69,13 +69,19 @@ def task_runner(spec: AuditSpec) -> DaskTaskRunner:
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
 
 
+def worker_count(spec: AuditSpec) -> int | None:
+    """Worker processes of a local cluster: as asked, else one per GPU, else CPU_WORKERS
+    (None: an external cluster has what it has)."""
+    if "://" in spec.cluster:
+        return None
+    return spec.workers or gpu_count() or CPU_WORKERS
+
+
 def worker_threads(spec: AuditSpec) -> int | None:
     """Torch threads per worker of a local cluster, so workers share the cores without
     oversubscribing them (None: an external cluster's workers keep their own setting)."""
-    if "://" in spec.cluster:
-        return None
-    workers = spec.workers or gpu_count() or CPU_WORKERS
-    return max(1, (os.cpu_count() or 1) // workers)
+    workers = worker_count(spec)
+    return max(1, (os.cpu_count() or 1) // workers) if workers else None
 
 
 def _gpu_slots() -> contextlib.AbstractContextManager:
@@ -137,36 +143,41 @@ def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
 
 
 def _fan_out(spec, plan: AuditPlan, identity, threads, store, progress):
-    """Submit every unit once what it reads is complete; gather every outcome."""
+    """Submit each unit as soon as the units it reads have completed; a failed unit marks its
+    dependants as not run. Returns every outcome."""
     from tqdm.auto import tqdm
 
     units = plan.units()
+    needs = {u: plan.needs(u) for u in units}
+    dependants: dict[Unit, list[Unit]] = {}
+    for unit in units:
+        for need in needs[unit]:
+            dependants.setdefault(need, []).append(unit)
     artifact = create_progress_artifact(
         0.0, key="salaudit-progress", description=f"units of the audit into {store.url}"
     )
     bar = tqdm(total=len(units), desc="audit", unit="unit", disable=not progress, file=sys.stderr)
     task = audit_unit.with_options(retries=spec.retries)
     payload = spec.model_dump(mode="json")
+    finished: queue.Queue = queue.Queue()
+    running: dict[Any, Unit] = {}
     results: dict[Unit, dict] = {}
     failures: dict[Unit, str] = {}
-    running: dict[Any, Unit] = {}
-    waiting = list(units)
+
+    def submit(unit: Unit) -> None:
+        fresh = not unit_done(store, unit)  # the store, not the cache, says what is done
+        future = task.with_options(refresh_cache=fresh).submit(
+            payload, _unit_dict(unit), identity, threads
+        )
+        running[future] = unit
+        future.add_done_callback(finished.put)
+
     with _gpu_slots():
-        while waiting or running:
-            for unit in [u for u in waiting if _ready(plan, u, results)]:
-                waiting.remove(unit)
-                fresh = not _done(store, unit)  # the store, not the cache, says what is done
-                future = task.with_options(refresh_cache=fresh).submit(
-                    payload, _unit_dict(unit), identity, threads
-                )
-                running[future] = unit
-            for unit in [u for u in waiting if any(d in failures for d in plan.needs(u))]:
-                waiting.remove(unit)
-                failures[unit] = "not run: a unit it reads failed"
-                bar.update()
-            if not running:
-                break
-            future = next(as_completed(list(running)))
+        for unit in units:
+            if not needs[unit]:
+                submit(unit)
+        while running:
+            future = finished.get()
             unit = running.pop(future)
             try:
                 results[unit] = future.result()
@@ -174,27 +185,16 @@ def _fan_out(spec, plan: AuditPlan, identity, threads, store, progress):
                     results[unit] = {**results[unit], "computed": [], "cached": True}
             except Exception as error:
                 failures[unit] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            for later in dependants.get(unit, []):
+                if unit in failures and later not in failures:
+                    failures[later] = "not run: a unit it reads failed"
+                    bar.update()
+                elif all(n in results for n in needs[later]):
+                    submit(later)
             bar.update()
             update_progress_artifact(artifact, 100.0 * (len(results) + len(failures)) / len(units))
     bar.close()
     return results, failures
-
-
-def _ready(plan: AuditPlan, unit: Unit, results: dict) -> bool:
-    return all(d in results for d in plan.needs(unit))
-
-
-def _done(store, unit: Unit) -> bool:
-    """Whether the store's done-markers say the unit is complete."""
-    kind, _, name = unit.stage.partition(":")
-    region = (unit.start, unit.stop)
-    if kind == "inputs":
-        return store.is_done("inputs", *region)
-    if kind == "maps":
-        return all(store.is_done(f"maps/{m}", *region) for m in unit.names)
-    if kind == "attack":
-        return store.is_done(f"attacks/{name}", *region)
-    return False  # metrics: cheap to check cell by cell inside the task
 
 
 def _unit_dict(unit: Unit) -> dict[str, Any]:
@@ -252,7 +252,6 @@ def prefect_api() -> Iterator[str]:
 
 def run_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the audit flow on its cluster (bad input raises before any work starts)."""
-    check_reachable(spec.store.url, spec.store.storage_options)
     return audit.with_options(task_runner=task_runner(spec))(
         spec.model_dump(mode="json"), fresh=fresh, progress=progress
     )

@@ -296,14 +296,13 @@ def _init(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     from salaudit.audit import estimate
     from salaudit.data import load_dataset
-    from salaudit.flows.audit import gpu_count, worker_threads
+    from salaudit.flows.audit import worker_count, worker_threads
 
     spec = _spec(args)
     n = min(spec.sample_selection().n or 10**12, len(load_dataset(spec.data)))
     print("salaudit: calibrating one sample through every stage on this machine ...", flush=True)
     est = estimate(spec, n)
-    gpus = gpu_count()
-    workers = spec.workers or gpus or 2
+    workers = worker_count(spec) or "the scheduler's"
     print(f"audit of {n} samples of {spec.data} by {spec.model} into {spec.store.url}")
     print(f"  methods: {', '.join(spec.methods)}")
     print(f"  attacks: {', '.join(spec.attacks) or 'none'}")
@@ -314,8 +313,9 @@ def _plan(args: argparse.Namespace) -> None:
     print("  per stage, per sample: images through the model, seconds on this machine")
     for stage, seconds in est.stage_seconds.items():
         print(f"    {stage:<8} {est.model_rows[stage]:>9,d} images {seconds:>8.2f} s")
-    total = est.seconds / max(1, min(workers, est.shards))
-    print(f"  estimated time: {total / 60:.1f} min with {workers} workers (one-sample calibration)")
+    parallel = min(workers, est.shards) if isinstance(workers, int) else 1
+    total = est.seconds / parallel
+    print(f"  estimated time: {total / 60:.1f} min on {parallel} worker(s), from one sample")
     print(
         f"  storage: {_size(est.bytes_per_sample * n)} uncompressed, about "
         f"{_size(est.stored_bytes_per_sample * n)} as written"

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from .attack_stage import AttackPlan, layout_attacks, plan_attacks, run_attack
-from .auditspec import AuditSpec
+from .auditspec import AuditSpec, StoreSpec
 from .evaluate import layout_metrics, plan_evaluation, run_metrics, statistics, write_statistics
 from .explain import Run, attach, prepare, run_inputs, run_maps
 from .registry import Method
@@ -55,23 +55,38 @@ class AuditPlan:
 
     def units(self) -> list[Unit]:
         """Every unit, each after the units it needs."""
-        out = []
-        for start, stop in self.regions:
-            out.append(Unit("inputs", start, stop))
-            out += [Unit(f"maps:{g}", start, stop, tuple(ms)) for g, ms in self.groups.items()]
-            out += [Unit(f"attack:{a.name}", start, stop) for a in self.attacks]
-            if self.families:
-                out.append(Unit("metrics", start, stop, tuple(self.families)))
-        return out
+        return [u for start, stop in self.regions for u in self._region(start, stop)]
 
     def needs(self, unit: Unit) -> list[Unit]:
-        """The units of the same region that `unit` reads."""
-        same = [u for u in self.units() if (u.start, u.stop) == (unit.start, unit.stop)]
+        """The units of the same region that `unit` reads: inputs for every stage, and
+        everything else of the region for metrics."""
         if unit.stage == "inputs":
             return []
-        if unit.stage == "metrics":
-            return [u for u in same if u.stage != "metrics"]
-        return [u for u in same if u.stage == "inputs"]
+        region = self._region(unit.start, unit.stop)
+        return region[:-1] if unit.stage == "metrics" else region[:1]
+
+    def _region(self, start: int, stop: int) -> list[Unit]:
+        """The units of one region: inputs first, metrics (if any) last."""
+        out = [Unit("inputs", start, stop)]
+        out += [Unit(f"maps:{g}", start, stop, tuple(ms)) for g, ms in self.groups.items()]
+        out += [Unit(f"attack:{a.name}", start, stop) for a in self.attacks]
+        if self.families:
+            out.append(Unit("metrics", start, stop, tuple(self.families)))
+        return out
+
+
+def unit_done(store: Store, unit: Unit) -> bool:
+    """Whether the store's done-markers say `unit` is complete (metrics: never assumed, their
+    cells are checked one by one inside the unit)."""
+    kind, _, name = unit.stage.partition(":")
+    region = (unit.start, unit.stop)
+    if kind == "inputs":
+        return store.is_done("inputs", *region)
+    if kind == "maps":
+        return all(store.is_done(f"maps/{m}", *region) for m in unit.names)
+    if kind == "attack":
+        return store.is_done(f"attacks/{name}", *region)
+    return False
 
 
 def method_groups(methods: list[Method]) -> dict[str, list[str]]:
@@ -168,9 +183,8 @@ class Estimate:
 def estimate(spec: AuditSpec, samples: int) -> Estimate:
     """Time one sample through every stage of `spec` in a scratch store on this machine,
     counting the images each stage sends through the model, and scale to `samples`."""
-    probe = spec.model_copy(update={"limit": 1, "store": spec.store.model_copy()})
     with tempfile.TemporaryDirectory(prefix="salaudit-plan-") as scratch:
-        probe.store.url, probe.store.storage_options = f"{scratch}/store", {}
+        probe = spec.model_copy(update={"limit": 1, "store": StoreSpec(url=f"{scratch}/store")})
         run, plan = prepare_audit(probe, progress=False)
         rows: dict[str, int] = {}
         seconds: dict[str, float] = {}
