@@ -117,7 +117,7 @@ def audit(spec: dict[str, Any], fresh: bool = False, progress: bool = False) -> 
 def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
     run, plan = prepare_audit(spec, fresh, progress)
     attrs = run.store.attrs()
-    identity = {k: attrs[k] for k in ("model_fingerprint", "data_fingerprint", "store_id")}
+    identity = {k: attrs.get(k, "") for k in ("model_fingerprint", "data_fingerprint", "store_id")}
     threads = worker_threads(spec)
     results, failures = _fan_out(spec, plan, identity, threads, run.store, progress)
     summary = {
