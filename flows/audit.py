@@ -250,8 +250,22 @@ def prefect_api() -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """Restore this process's environment afterwards: a local Dask cluster's nanny sets
+    OMP_NUM_THREADS=1 (and more) in the process that starts it, which would leave every
+    program this process starts later on one thread."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def run_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the audit flow on its cluster (bad input raises before any work starts)."""
-    return audit.with_options(task_runner=task_runner(spec))(
-        spec.model_dump(mode="json"), fresh=fresh, progress=progress
-    )
+    with environment_kept():
+        return audit.with_options(task_runner=task_runner(spec))(
+            spec.model_dump(mode="json"), fresh=fresh, progress=progress
+        )

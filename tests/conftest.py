@@ -32,6 +32,15 @@ def batch64(model, dataset):
     return b.image, target, idx
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves the environment as it found it (what it sets stays its own)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -259,8 +259,10 @@ def test_flow_on_two_workers_into_s3_equals_the_library(prefect_api, bucket, dir
     from prefect import get_client
 
     url = f"{bucket}/audit"
+    environment = dict(os.environ)
     out = run_flow(small(url))
     assert out["failed"] == {} and out["samples"] == 8
+    assert dict(os.environ) == environment  # no OMP_NUM_THREADS=1 left by the nanny
     assert len(out["recomputed_units"]) == 14
     tree = open_tree(url)  # plain xarray on the object store
     assert tree["maps"].ds["dance-grad"].shape == (8, 3, 32, 32)
