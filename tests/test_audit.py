@@ -24,7 +24,7 @@ from salaudit.errors import SalauditError
 # Imported here, at collection, on purpose: Prefect binds its console log handler to the
 # sys.stderr of the moment it is first imported. Imported inside a test using capsys, that is
 # the test's capture stream, closed afterwards, and every later flow fails logging to it.
-from salaudit.flows.audit import AuditFailed, run_audit
+from salaudit.flows.audit import AuditFailed, cluster_environment, run_audit
 from salaudit.lease import Lease, StoreBusy
 from salaudit.store import Store
 
@@ -330,6 +330,22 @@ def test_two_audits_at_once_one_refuses_and_neither_corrupts(tmp_path, direct_st
     assert codes == [0, 2], errors
     assert "in use by another audit" in errors
     assert_same_store(url, direct_store)
+
+
+@pytest.mark.slow
+def test_local_workers_keep_malloc_defaults_and_the_environment_is_restored():
+    from distributed import Client, LocalCluster
+
+    before = dict(os.environ)
+    with (
+        cluster_environment(),
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        worker_env = next(iter(client.run(lambda: dict(os.environ)).values()))
+    assert "MALLOC_TRIM_THRESHOLD_" not in worker_env  # torch ~1.7x slower with it
+    assert worker_env["OMP_NUM_THREADS"] == "1"  # the rest of Dask's settings stay
+    assert dict(os.environ) == before
 
 
 @pytest.fixture
