@@ -8,7 +8,7 @@ methods) and BIG (Loc, EG and PP against IG, SmoothGrad and AGI), each a one-sid
 in the direction the metric favours with Holm's correction across the rows of one table. Writes
 docs/paper-claims.md as measured.
 
-    python benchmarks/paper_claims.py --images 16   # 11.5 min on 2 CPU cores; ~80 fit in an hour
+    python benchmarks/paper_claims.py --images 16   # 11.5 min on 2 CPU cores; linear in images
 """
 
 from __future__ import annotations

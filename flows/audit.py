@@ -257,7 +257,7 @@ def cluster_environment() -> Iterator[None]:
 
     Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
     dynamic mmap threshold: every large torch buffer is mapped and unmapped afresh, and the
-    model runs about 1.7x slower. The nanny also writes its settings (OMP_NUM_THREADS=1 and
+    model runs about 1.4x slower. The nanny also writes its settings (OMP_NUM_THREADS=1 and
     that one) into the environment of the process that starts it, which would slow every
     program this process starts later."""
     saved = dict(os.environ)
