@@ -2,8 +2,9 @@
 
 The flow holds the store's lease, prepares the model and the store's template before any
 fan-out, submits each unit once the units it reads have completed (a failed unit skips only
-its own shard's dependants), updates a progress artifact as units finish, computes the
-statistics and publishes a table artifact of per-method metric summaries.
+its own shard's dependants), updates a progress artifact as units finish, records the audit
+(timings, failures, versions) in the store, computes the statistics and ends with the report:
+the HTML beside the store, a markdown artifact of its headline and a table artifact per metric.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import os
 import queue
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -19,18 +21,19 @@ from typing import Any
 import dask
 from prefect import flow
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 from prefect_dask import DaskTaskRunner
 
-from salaudit.audit import AuditPlan, Unit, finish, prepare_audit, unit_done
+from salaudit.audit import AuditPlan, Unit, audit_record, finish, prepare_audit, unit_done
 from salaudit.auditspec import AuditSpec, parse_spec
 from salaudit.errors import SalauditError
 from salaudit.lease import Lease
 from salaudit.store import check_reachable
-from salaudit.tasks.units import audit_unit
+from salaudit.tasks.units import audit_unit, write_report_task
 
 CPU_WORKERS = 2
 
@@ -115,31 +118,86 @@ def audit(spec: dict[str, Any], fresh: bool = False, progress: bool = False) -> 
 
 
 def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
+    started = time.time()
     run, plan = prepare_audit(spec, fresh, progress)
     attrs = run.store.attrs()
     identity = {k: attrs.get(k, "") for k in ("model_fingerprint", "data_fingerprint", "store_id")}
     threads = worker_threads(spec)
     results, failures = _fan_out(spec, plan, identity, threads, run.store, progress)
+    record = audit_record(
+        spec, started, results, failures, orchestrator=_orchestrator(spec), flow_run=_flow_run()
+    )
+    run.store.record_audit(record)
     summary = {
         "store": run.store.url,
         "samples": len(run.samples),
         "units": len(plan.units()),
         "computed": sum(len(r["computed"]) for r in results.values()),
         "recomputed_units": sorted(u.label for u, r in results.items() if r["computed"]),
-        "failed": {u.label: why for u, why in failures.items()},
+        "failed": record["failed"],
         "notes": plan.notes,
         "model_fingerprint": identity["model_fingerprint"],
+        "report": None,
     }
     if failures:
         lines = "\n".join(f"  {label}: {why}" for label, why in summary["failed"].items())
+        try:  # the report of what is there, failures included; its own error must not hide them
+            summary["report"] = _report(spec, run.store.url)
+        except Exception as error:
+            print(f"salaudit: the report of the failed audit failed too: {error}")
         raise AuditFailed(
             f"{len(failures)} of {summary['units']} units failed (the rest are written; "
             f"running the same audit again recomputes only what is missing):\n{lines}"
         )
-    table = finish(run, plan)
-    if table is not None:
-        _publish_table(table)
+    finish(run, plan)
+    summary["report"] = _report(spec, run.store.url)
     return summary
+
+
+def _report(spec: AuditSpec, url: str) -> str | None:
+    """The report task, then its artifacts: the headline as markdown and a table per
+    metric. Returns where the report is (None: the spec asks for none)."""
+    out = spec.report_url()
+    if out is None:
+        return None
+    report = write_report_task(url, out, spec.store.storage_options or None)
+    create_markdown_artifact(
+        _headline_markdown(report), key="salaudit-report", description=f"the audit of {url}"
+    )
+    for metric, rows in report["tables"].items():
+        create_table_artifact(
+            rows,
+            key=f"salaudit-{metric.replace('_', '-')}",
+            description=f"{metric}: per method mean, standard error and paired tests",
+        )
+    return report["location"]
+
+
+def _headline_markdown(report: dict[str, Any]) -> str:
+    rows = report["headline"]
+    lines = [f"# salaudit audit\n\nReport: `{report['location']}`\n"]
+    if rows and len(rows[0]) > 1:
+        header = list(rows[0])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+        lines.append(
+            "\nMeans over samples; ↑ higher is better, ↓ lower is better; * beats its "
+            "reference (one-sided paired t-test, Holm-corrected p < 0.05)."
+        )
+    for section, why in report["missing"].items():
+        lines.append(f"\n- {section}: {why}")
+    return "\n".join(lines)
+
+
+def _orchestrator(spec: AuditSpec) -> str:
+    workers = worker_count(spec)
+    return f"Prefect + Dask ({spec.cluster} cluster, {workers or 'external'} workers)"
+
+
+def _flow_run() -> dict[str, str | None]:
+    from prefect.runtime import flow_run
+
+    return {"id": flow_run.id, "name": flow_run.name, "url": flow_run.ui_url}
 
 
 def _fan_out(spec, plan: AuditPlan, identity, threads, store, progress):
@@ -201,16 +259,6 @@ def _unit_dict(unit: Unit) -> dict[str, Any]:
     out = asdict(unit)
     out["names"] = list(unit.names)
     return out
-
-
-def _publish_table(table) -> None:
-    rows = [
-        {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(table, values, strict=True)}
-        for values in zip(*table.values(), strict=True)
-    ]
-    create_table_artifact(
-        rows, key="salaudit-metrics", description="per method and metric: mean and paired test"
-    )
 
 
 def _holder() -> str:

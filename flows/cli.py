@@ -132,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("spec", nargs="?", help="audit spec (YAML; default: the embedded default)")
     n.add_argument("--limit", type=int, help="as salaudit audit --limit")
 
+    r = sub.add_parser("report", help="write a store's HTML report (tables, statistics, figures)")
+    r.add_argument("--store", default=DEFAULT_STORE, help="local path or s3:// URL of the store")
+    r.add_argument("--out", help="folder or s3:// URL for the report (default: <store>-report)")
+
     s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
     s.add_argument("--store", default=DEFAULT_STORE)
     s.add_argument("--sample", type=int, required=True, help="dataset index of the sample")
@@ -230,6 +234,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"salaudit: metrics and statistics in {out['store']}/metrics and {out['store']}/stats")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from salaudit.report import write_report
+
+    report = write_report(args.store, args.out)
+    print(f"salaudit: report of {args.store} in {report.location}")
+    for section, why in report.missing.items():
+        print(f"salaudit: {section}: {why}")
+
+
 def _show(args: argparse.Namespace) -> None:
     from salaudit.display import show_sample
 
@@ -276,8 +289,10 @@ def _audit(args: argparse.Namespace) -> None:
     print(
         f"salaudit: results in {out['store']}  (read with "
         f"xarray.open_datatree({out['store']!r}, engine='zarr')); statistics in "
-        f"{out['store']}/stats; the report stage is not built yet"
+        f"{out['store']}/stats"
     )
+    if out["report"]:
+        print(f"salaudit: report in {out['report']}")
 
 
 def _init(args: argparse.Namespace) -> None:
@@ -341,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             "attack": _attack,
             "evaluate": _evaluate,
             "show": _show,
+            "report": _report,
             "audit": _audit,
             "init": _init,
             "plan": _plan,

@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import zarr
 
 from .attack_stage import AttackPlan, layout_attacks, plan_attacks, run_attack
@@ -25,6 +26,7 @@ from .evaluate import layout_metrics, plan_evaluation, run_metrics, statistics, 
 from .explain import Run, attach, prepare, run_inputs, run_maps
 from .registry import Method
 from .store import Store
+from .version import environment
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,11 @@ def attach_run(spec: AuditSpec, micro_batch: int | None = None) -> Run:
 
 
 def run_unit(run: Run, spec: AuditSpec, unit: Unit) -> dict:
-    """Fill one unit; finished parts (done-markers) are skipped. Returns a small summary."""
+    """Fill one unit; finished parts (done-markers) are skipped. Returns a small summary (what
+    it computed, how many seconds it took)."""
     kind, _, name = unit.stage.partition(":")
     region = (unit.start, unit.stop)
+    started = time.perf_counter()
     if kind == "inputs":
         computed = [] if run_inputs(run, *region)["skipped"] else ["inputs"]
     elif kind == "maps":
@@ -135,7 +139,13 @@ def run_unit(run: Run, spec: AuditSpec, unit: Unit) -> dict:
         computed = run_metrics(plan_evaluation(run, list(unit.names)), *region)
     else:
         raise ValueError(f"unknown stage {unit.stage!r}")
-    return {"stage": unit.stage, "start": unit.start, "stop": unit.stop, "computed": computed}
+    return {
+        "stage": unit.stage,
+        "start": unit.start,
+        "stop": unit.stop,
+        "computed": computed,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def finish(run: Run, plan: AuditPlan) -> dict[str, np.ndarray] | None:
@@ -148,16 +158,59 @@ def finish(run: Run, plan: AuditPlan) -> dict[str, np.ndarray] | None:
     return table
 
 
+def audit_record(
+    spec: AuditSpec,
+    started: float,
+    outcomes: dict[Unit, dict],
+    failures: dict[Unit, str],
+    **extra,
+) -> dict:
+    """What the report shows of one audit: its spec, when it ran, the seconds each stage's
+    units took (summed over shards; units found in a cache count none), failures, where it
+    ran and on what versions."""
+    seconds: dict[str, float] = {}
+    for unit, out in outcomes.items():
+        if not out.get("cached"):
+            seconds[unit.stage] = seconds.get(unit.stage, 0.0) + float(out.get("seconds", 0.0))
+    finished = time.time()
+    return {
+        "started": started,
+        "finished": finished,
+        "seconds": finished - started,
+        "spec": spec.model_dump(mode="json"),
+        "units": len(outcomes) + len(failures),
+        "computed_units": sum(bool(o.get("computed")) for o in outcomes.values()),
+        "cached_units": sum(bool(o.get("cached")) for o in outcomes.values()),
+        "stage_seconds": seconds,
+        "failed": {u.label: why for u, why in failures.items()},
+        "devices": sorted({str(o["device"]) for o in outcomes.values() if o.get("device")}),
+        "environment": environment(),
+        **extra,
+    }
+
+
 def audit_direct(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict:
-    """The whole audit in this process, unit after unit; returns a summary."""
+    """The whole audit in this process, unit after unit, recorded in the store; returns a
+    summary."""
     from tqdm.auto import tqdm
 
+    started = time.time()
     run, plan = prepare_audit(spec, fresh, progress)
-    computed = 0
+    outcomes = {}
     for unit in tqdm(plan.units(), desc="audit", disable=not progress, file=sys.stderr):
-        computed += len(run_unit(run, spec, unit)["computed"])
+        outcomes[unit] = {**run_unit(run, spec, unit), "device": device_name(run.device)}
     finish(run, plan)
+    run.store.record_audit(audit_record(spec, started, outcomes, {}, orchestrator="in-process"))
+    computed = sum(len(o["computed"]) for o in outcomes.values())
     return {"store": run.store.url, "samples": len(run.samples), "computed": computed}
+
+
+def device_name(device) -> str:
+    """`cpu`, or the CUDA device's model name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
 
 
 # --- planning without running ---------------------------------------------------------------

@@ -65,6 +65,8 @@ attack_params:
 radii: [2, 8, 32]                      # pgd's L_inf radii in units of 1/255
 metrics: null                          # null: every applicable family; or a list, e.g. [fidelity]
 
+report: null                           # the HTML report's folder or s3:// URL (null: beside the
+                                       # store, <store>-report; false: no report)
 store:
   url: runs/audit                      # a local folder or s3://bucket/prefix
   storage_options: {}                  # e.g. {endpoint_url: http://minio:9000}; keys come
@@ -122,6 +124,7 @@ class AuditSpec(BaseModel):
     attack_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     radii: list[float] | None = None
     metrics: list[str] | None = None
+    report: str | bool | None = None
     store: StoreSpec = Field(default_factory=StoreSpec)
     shard_size: int = Field(DEFAULT_SHARD, ge=1)
     cluster: str = "auto"
@@ -181,6 +184,14 @@ class AuditSpec(BaseModel):
         return value
 
     # --- derived ------------------------------------------------------------------------
+
+    def report_url(self) -> str | None:
+        """Where the audit's report goes (None: no report)."""
+        if self.report is False:
+            return None
+        from .report import report_location
+
+        return self.report if isinstance(self.report, str) else report_location(self.store.url)
 
     def sample_selection(self) -> Selection:
         n = self.limit or self.selection.n

@@ -126,15 +126,12 @@ def plan_evaluation(run: Run, asked: list[str] | None) -> Evaluation:
 
 
 def _generators(run: Run) -> list[str]:
-    root = run.store.root("r")
+    """Decoy generators whose populations the store keeps (laid out: an audit plans their
+    validity before they are written; a region is scored once its population is done)."""
     if not run.store.has("decoys"):
         return []
-    found = []
-    for g in sorted(root["decoys"].group_keys()):
-        done = [run.store.is_done(f"decoys/{g}", *r) for r in run.regions]
-        if all(done):
-            found.append(g)
-    return found
+    root = run.store.root("r")
+    return [g for g in sorted(root["decoys"].group_keys()) if "population" in root[f"decoys/{g}"]]
 
 
 def _attacked_maps(run: Run, attacks: list[str]) -> dict[str, set[str]]:
@@ -296,8 +293,8 @@ def _decoy_validity(ev: Evaluation, read, start: int, stop: int) -> list[str]:
     run, store, done = ev.run, ev.run.store, []
     for g in ev.generators:
         stage = f"metrics/decoy_validity/{g}"
-        if store.is_done(stage, start, stop):
-            continue
+        if store.is_done(stage, start, stop) or not store.is_done(f"decoys/{g}", start, stop):
+            continue  # done, or its population is not written yet (a later evaluate scores it)
         path = f"decoys/{g}/population"
         layer = store.root("r")[path].attrs["layer"]
         v = M.decoy_validity(run.model, layer, read("inputs/image"), read(path), run.micro_batch)
@@ -315,22 +312,30 @@ def statistics(ev: Evaluation) -> dict[str, np.ndarray]:
     ds = ev.run.store.dataset("metrics")
     pairs = method_pairs([str(v) for v in ds["method"].values])
     rows = []
-    for var in (v for f in FAMILIES.values() for v in f.variables if v in ds):
-        da = ds[var].astype("float64")
-        extra = [d for d in da.dims if d not in ("sample", "method")]
-        conditions = [{}] if not extra else [{extra[0]: v} for v in da[extra[0]].values]
-        for cond in conditions:
-            sub = da.sel(cond)
-            label = "" if not cond else f"{extra[0]}={_label(next(iter(cond.values())))}"
-            # .sel({"method": m}), not .sel(method=m): `method` is a keyword of sel
-            table = compare(
-                lambda m, sub=sub: sub.sel({"method": m}).values, pairs, HIGHER_IS_BETTER[var]
-            )
-            rows += [{"metric": var, "condition": label, **row} for row in table]
+    for var, label, sub in metric_conditions(ds):
+        table = compare(
+            lambda m, sub=sub: sub.sel({"method": m}).values, pairs, HIGHER_IS_BETTER[var]
+        )
+        rows += [{"metric": var, "condition": label, **row} for row in table]
     return {
         k: np.asarray([r[k] for r in rows], dtype=object if k in TEXT else float)
         for k in (*TEXT, *NUMBERS)
     }
+
+
+def metric_conditions(ds):
+    """Each stored metric variable, in the families' order, once per label of its own
+    dimension: (variable, condition label such as "attack=topk@grad" or "", its float64
+    (sample, method) DataArray). Select a method with .sel({"method": m}): `method` is a
+    keyword of .sel."""
+    for var in (v for f in FAMILIES.values() for v in f.variables if v in ds):
+        da = ds[var].astype("float64")
+        extra = [d for d in da.dims if d not in ("sample", "method")]
+        if not extra:
+            yield var, "", da
+            continue
+        for v in da[extra[0]].values:
+            yield var, f"{extra[0]}={_label(v)}", da.sel({extra[0]: v})
 
 
 def _label(v) -> str:

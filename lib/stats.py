@@ -112,6 +112,19 @@ def compare(
     return rows
 
 
+def summary(values) -> dict[str, float | int]:
+    """n, mean and standard error std(ddof=1) / sqrt(n) of the non-NaN values (NaN where
+    undefined)."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[~np.isnan(v)]
+    n = int(v.size)
+    return {
+        "n": n,
+        "mean": float(v.mean()) if n else float("nan"),
+        "standard_error": float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+    }
+
+
 def _mean(values) -> float:
     """The mean of the non-NaN values (NaN if none)."""
     v = np.asarray(values, dtype=float)

@@ -2,10 +2,10 @@
 
 Groups `inputs`, `maps`, `decoys/<generator>` (with `saliency/<base>`); arrays chunked along
 samples so that one writer owns whole chunks; a JSON done-marker per written region under
-`_salaudit/done/`. The store's identity (model and data fingerprints, sample selection, seed)
-is fixed at creation: adding methods is allowed, contradicting what is stored is refused unless
-the run starts afresh. Metadata is consolidated after every template change so plain xarray
-reads it without listing the store.
+`_salaudit/done/` and a JSON record per audit under `_salaudit/audits/`. The store's identity
+(model and data fingerprints, sample selection, seed) is fixed at creation: adding methods is
+allowed, contradicting what is stored is refused unless the run starts afresh. Metadata is
+consolidated after every template change so plain xarray reads it without listing the store.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .io import filesystem, is_remote, storage_options_for
 
 IDENTITY_KEYS = ("model_fingerprint", "data_fingerprint", "selection", "seed")
 MARKERS = "_salaudit/done"
+AUDITS = "_salaudit/audits"
 CHUNK_BYTES = 16 * 2**20
 
 
@@ -262,6 +263,25 @@ class Store:
         names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
         regions = [n.removesuffix(".json").split("-") for n in names if n.endswith(".json")]
         return sorted((int(a), int(b)) for a, b in regions)
+
+    # --- audit records ------------------------------------------------------------------------
+
+    def record_audit(self, record: dict[str, Any]) -> str:
+        """Keep `record` (an audit's timings, failures, versions) as JSON; returns its path."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(record.get("started", time.time())))
+        path = f"{self.path}/{AUDITS}/{stamp}-{uuid.uuid4().hex[:8]}.json"
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(path, json.dumps(_jsonable(record)).encode())
+        return path
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every kept audit record, oldest first."""
+        folder = f"{self.path}/{AUDITS}"
+        self.fs.invalidate_cache(folder)
+        if not self.fs.exists(folder):
+            return []
+        paths = sorted(p for p in self.fs.ls(folder, detail=False) if p.endswith(".json"))
+        return [json.loads(self.fs.cat_file(p)) for p in paths]
 
 
 def check_reachable(url: str, storage_options: dict | None = None) -> None:

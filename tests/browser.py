@@ -1,0 +1,86 @@
+"""A page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): what it
+logged, whether its images loaded, and a screenshot.
+
+    python tests/browser.py PAGE.html OUT.png   # a screenshot of the top of a page
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or (
+        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    )
+
+
+@dataclass
+class Page:
+    problems: list[str] = field(default_factory=list)  # console errors, page errors, failed loads
+    images: list[dict] = field(default_factory=list)  # src, complete, naturalWidth
+    section_ids: list[str] = field(default_factory=list)
+    text: str = ""
+
+
+def visit(url: str, screenshot: Path | None = None, width: int = 1280, height: int = 900) -> Page:
+    """Open `url` in a fresh Chromium profile and report what the page did."""
+    from playwright.sync_api import sync_playwright
+
+    page_info = Page()
+    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=chromium(),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": width, "height": height},
+        )
+        try:
+            page = context.new_page()
+            page.on(
+                "console",
+                lambda m: (
+                    m.type in ("error", "warning")
+                    and page_info.problems.append(f"console {m.type}: {m.text}")
+                ),
+            )
+            page.on("pageerror", lambda e: page_info.problems.append(f"page error: {e}"))
+            page.on(
+                "requestfailed",
+                lambda r: page_info.problems.append(f"failed to load {r.url}: {r.failure}"),
+            )
+            page.goto(url, wait_until="load")
+            page_info.images = page.evaluate(
+                "Array.from(document.images).map(i => ({src: i.getAttribute('src'), "
+                "complete: i.complete, naturalWidth: i.naturalWidth}))"
+            )
+            page_info.section_ids = page.evaluate(
+                "Array.from(document.querySelectorAll('body > section')).map(s => s.id)"
+            )
+            page_info.text = page.inner_text("body")
+            if screenshot is not None:
+                page.screenshot(path=str(screenshot))
+        finally:
+            context.close()
+    return page_info
+
+
+if __name__ == "__main__":
+    visit(Path(sys.argv[1]).resolve().as_uri(), Path(sys.argv[2]))
+    print(f"wrote {sys.argv[2]}")
