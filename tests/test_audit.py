@@ -273,8 +273,19 @@ def test_flow_on_two_workers_into_s3_equals_the_library(prefect_api, bucket, dir
         runs = client.read_task_runs()
         names = {r.name for r in runs}
         assert {"inputs[0:4]", "maps:decoys-dance[4:8]", "metrics[0:4]"} <= names
-        artifacts = {a.key for a in client.read_artifacts()}
-        assert {"salaudit-progress", "salaudit-metrics"} <= artifacts
+        artifacts = {a.key: a for a in client.read_artifacts()}
+        assert {"salaudit-progress", "salaudit-report", "salaudit-fidelity"} <= set(artifacts)
+        assert {"salaudit-sensitivity", "salaudit-retrieval-adv"} <= set(artifacts)
+        assert f"{url}-report/index.html" in artifacts["salaudit-report"].data
+    # the report lies beside the store on the object store, its figures with it
+    assert out["report"] == f"{url}-report/index.html"
+    fs = Store(url).fs
+    page = fs.cat_file(out["report"].removeprefix("s3://")).decode()
+    assert "None: every unit completed." in page and "dance-grad − grad" in page
+    figures = fs.ls(f"{url.removeprefix('s3://')}-report/figures", detail=False)
+    assert {"maps.png", "robustness.png", "box-fidelity.png"} <= {
+        f.rsplit("/", 1)[1] for f in figures
+    }
 
 
 @pytest.mark.slow
@@ -300,6 +311,9 @@ def test_a_failed_shard_leaves_the_rest_and_a_rerun_recomputes_only_it(
         run_flow(spec)
     store = Store(spec["store"]["url"])
     assert store.done_regions("inputs") == [(0, 4)]
+    report = Path(f"{store.url}-report/index.html").read_text()  # the failures, reported
+    assert "inputs[4:8]" in report and "RuntimeError: poisoned image" in report
+    assert store.audit_records()[-1]["failed"]["inputs[4:8]"].startswith("RuntimeError")
     assert store.done_regions("metrics/fidelity/grad") == [(0, 4)]
     first = marker_times(store.url)
     flag.unlink()
