@@ -36,7 +36,8 @@ DEFAULT_SPEC = """\
 # salaudit audit spec (salaudit init writes this file; salaudit audit SPEC runs it).
 # The embedded default: 16 test images of the builtin digit scenes, the classic gradient
 # methods, decoy-enhanced grad and RelEx, two saliency attacks on grad and PGD on the
-# prediction, every applicable metric. About 10 minutes on 2 CPU cores, seconds on a GPU.
+# prediction, every applicable metric, and the HTML report beside the store. About 7 minutes
+# on 2 CPU cores.
 
 model: builtin:digit-scenes-cnn        # builtin:NAME | torchvision:ARCH?weights=URL | python:MOD:FN
 data: builtin:digit-scenes             # builtin:NAME | folder:PATH_OR_S3_URL | zarr:URL
