@@ -32,6 +32,7 @@ from salaudit.audit import AuditPlan, Unit, audit_record, finish, prepare_audit,
 from salaudit.auditspec import AuditSpec, parse_spec
 from salaudit.errors import SalauditError
 from salaudit.lease import Lease
+from salaudit.report import MetricTable, Report
 from salaudit.store import check_reachable
 from salaudit.tasks.units import audit_unit, write_report_task
 
@@ -164,18 +165,45 @@ def _report(spec: AuditSpec, url: str) -> str | None:
     create_markdown_artifact(
         _headline_markdown(report), key="salaudit-report", description=f"the audit of {url}"
     )
-    for metric, rows in report["tables"].items():
+    for metric, rows in _metric_rows(report.tables).items():
         create_table_artifact(
             rows,
             key=f"salaudit-{metric.replace('_', '-')}",
             description=f"{metric}: per method mean, standard error and paired tests",
         )
-    return report["location"]
+    return report.location
 
 
-def _headline_markdown(report: dict[str, Any]) -> str:
-    rows = report["headline"]
-    lines = [f"# salaudit audit\n\nReport: `{report['location']}`\n"]
+def _metric_rows(tables: list[MetricTable]) -> dict[str, list[dict[str, Any]]]:
+    """Per metric, one row per method and condition: mean, standard error and its paired
+    comparisons (Holm-corrected p-values)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for t in tables:
+        for r in t.methods:
+            pairs = [p for p in t.pairs if p["method"] == r["method"]]
+            out.setdefault(t.metric, []).append(
+                {
+                    "condition": t.condition,
+                    "method": r["method"],
+                    "n": r["n"],
+                    "mean": _rounded(r["mean"]),
+                    "standard_error": _rounded(r["standard_error"]),
+                    "compared_with": ", ".join(p["reference"] for p in pairs),
+                    "difference": ", ".join(f"{p['mean_difference']:.3g}" for p in pairs),
+                    "p_holm": ", ".join(f"{p['p_holm']:.3g}" for p in pairs),
+                }
+            )
+    return out
+
+
+def _rounded(v: float) -> float | None:
+    """4 significant digits; None (JSON null) for NaN."""
+    return None if v != v else float(f"{v:.4g}")
+
+
+def _headline_markdown(report: Report) -> str:
+    rows = report.headline
+    lines = [f"# salaudit audit\n\nReport: `{report.location}`\n"]
     if rows and len(rows[0]) > 1:
         header = list(rows[0])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -184,7 +212,7 @@ def _headline_markdown(report: dict[str, Any]) -> str:
             "\nMeans over samples; ↑ higher is better, ↓ lower is better; * beats its "
             "reference (one-sided paired t-test, Holm-corrected p < 0.05)."
         )
-    for section, why in report["missing"].items():
+    for section, why in report.missing.items():
         lines.append(f"\n- {section}: {why}")
     return "\n".join(lines)
 

@@ -196,9 +196,9 @@ def audit_direct(spec: AuditSpec, fresh: bool = False, progress: bool = True) ->
 
     started = time.time()
     run, plan = prepare_audit(spec, fresh, progress)
-    outcomes = {}
+    outcomes, device = {}, device_name(run.device)
     for unit in tqdm(plan.units(), desc="audit", disable=not progress, file=sys.stderr):
-        outcomes[unit] = {**run_unit(run, spec, unit), "device": device_name(run.device)}
+        outcomes[unit] = {**run_unit(run, spec, unit), "device": device}
     finish(run, plan)
     run.store.record_audit(audit_record(spec, started, outcomes, {}, orchestrator="in-process"))
     computed = sum(len(o["computed"]) for o in outcomes.values())

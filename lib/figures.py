@@ -57,10 +57,8 @@ def box_plots(
         fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 2.6), squeeze=False)
         for ax, (title, groups) in zip(axes[0], panels, strict=True):
             labels = list(groups)
-            data = [
-                np.asarray(groups[k], float)[~np.isnan(np.asarray(groups[k], float))]
-                for k in labels
-            ]
+            data = [np.asarray(groups[k], float) for k in labels]
+            data = [d[~np.isnan(d)] for d in data]
             ax.boxplot(data, showfliers=False, widths=0.6)
             rng = np.random.default_rng(0)
             for i, d in enumerate(data, start=1):

@@ -10,6 +10,7 @@ recomputed here from the per-sample metrics (the `stats` group is not read).
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import shutil
@@ -20,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from . import figures
 from .display import display_map
 from .errors import SalauditError
 from .evaluate import NEXT_STAGE, metric_conditions
 from .io import is_remote
-from .registry import split_name
-from .stats import HIGHER_IS_BETTER, ROBUST_REFERENCES, compare, method_pairs, summary
+from .registry import ROBUST_METHODS, split_name
+from .stats import HIGHER_IS_BETTER, compare, method_pairs, summary
 from .store import Store
 from .version import __version__, environment
 
@@ -81,6 +83,26 @@ class MetricTable:
 
     def method(self, name: str) -> dict[str, Any] | None:
         return next((r for r in self.methods if r["method"] == name), None)
+
+    def mean(self, name: str) -> float:
+        return (self.method(name) or {"mean": np.nan})["mean"]
+
+    @property
+    def dim(self) -> str:
+        """The metric's own dimension ("" for none): attack, radius, threshold, layer."""
+        return self.condition.partition("=")[0]
+
+    @property
+    def label(self) -> str:
+        """The condition's label ("" for none), e.g. topk@grad or 8."""
+        return self.condition.partition("=")[2]
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A section without its data, and what would produce it."""
+
+    why: str
 
 
 @dataclass
@@ -150,10 +172,10 @@ def headline(tables: list[MetricTable], methods: list[str]) -> list[dict[str, An
     """Per method, the mean of each headline metric (pgd retrieval at its largest radius),
     with `*` where it beats a reference with Holm-corrected p < 0.05."""
     chosen = [t for t in tables if t.metric in HEADLINE]
-    radii = [t for t in chosen if t.condition.startswith("radius=")]
+    radii = [t for t in chosen if t.dim == "radius"]
     if radii:
-        largest = max(radii, key=lambda t: float(t.condition.split("=")[1]))
-        chosen = [t for t in chosen if not t.condition.startswith("radius=") or t is largest]
+        largest = max(radii, key=lambda t: float(t.label))
+        chosen = [t for t in chosen if t.dim != "radius" or t is largest]
     chosen.sort(key=lambda t: HEADLINE.index(t.metric))
     rows = []
     for m in methods:
@@ -168,7 +190,7 @@ def headline(tables: list[MetricTable], methods: list[str]) -> list[dict[str, An
 
 def _column(t: MetricTable) -> str:
     arrow = "↑" if HIGHER_IS_BETTER[t.metric] else "↓"
-    return f"{t.metric}{' ' + t.condition.split('=', 1)[1] if t.condition else ''} {arrow}"
+    return " ".join(part for part in (t.metric, t.label, arrow) if part)
 
 
 # --- numbers and HTML ----------------------------------------------------------------------------
@@ -215,8 +237,8 @@ def _mean_se(r: dict | None) -> str:
 
 def _run_section(audit: Audit) -> str:
     a, inputs = audit.attrs, audit.group("inputs")
-    n = inputs.sizes["sample"] if inputs is not None else 0
-    correct = int((inputs["label"] == inputs["prediction"]).sum()) if n else 0
+    n = inputs.sizes["sample"]
+    correct = int((inputs["label"] == inputs["prediction"]).sum())
     info = [
         ["store", _esc(audit.store.url)],
         ["model", _esc(a.get("model", "?"))],
@@ -277,8 +299,6 @@ def _run_section(audit: Audit) -> str:
     else:
         html_ += "<p>None: every unit completed.</p>"
     html_ += _versions(rec.get("environment", {}), "the audit's environment")
-    import yaml
-
     spec = yaml.safe_dump(rec.get("spec", {}), sort_keys=False)
     return html_ + f"<details><summary>The spec</summary><pre>{_esc(spec)}</pre></details>"
 
@@ -288,9 +308,9 @@ def _versions(env: dict[str, str], title: str) -> str:
     return f"<h3>Versions ({_esc(title)})</h3>" + _table(["package", "version"], rows, "info")
 
 
-def _headline_section(rows: list[dict[str, Any]]) -> str:
+def _headline_section(rows: list[dict[str, Any]]) -> str | Missing:
     if not rows or len(rows[0]) == 1:
-        return _missing("No headline metrics in this store.")
+        return Missing("No headline metrics in this store.")
     header = list(rows[0])
     body = [[_esc(r[h]) for h in header] for r in rows]
     return (
@@ -304,7 +324,7 @@ def _metric_sections(tables: list[MetricTable], out: Path, root: Path) -> str:
     parts = []
     for metric in dict.fromkeys(t.metric for t in tables):
         group = [t for t in tables if t.metric == metric]
-        conds = [t.condition.split("=", 1)[1] if t.condition else metric for t in group]
+        conds = [t.label or metric for t in group]
         better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
         parts.append(
             f'<section class="metric" id="metric-{metric}"><h3>{_esc(METRIC_NAMES[metric])}'
@@ -316,7 +336,7 @@ def _metric_sections(tables: list[MetricTable], out: Path, root: Path) -> str:
             + [_mean_se(t.method(m)) for t in group]
             for m in methods
         ]
-        dim = group[0].condition.split("=")[0] if group[0].condition else ""
+        dim = group[0].dim
         header = ["method", "n", *([f"{dim} {c}" for c in conds] if dim else ["mean ± SE"])]
         parts.append(_table(header, rows, "methods"))
         rows = [
@@ -345,33 +365,29 @@ def _metric_sections(tables: list[MetricTable], out: Path, root: Path) -> str:
 def _maps_section(audit: Audit, out: Path, root: Path) -> str:
     maps, inputs = audit.group("maps"), audit.group("inputs")
     if maps is None or not maps.data_vars:
-        return _missing(
-            "The store holds no maps: salaudit explain (or salaudit audit) writes them."
-        )
+        return Missing("The store holds no maps: salaudit explain (or salaudit audit) writes them.")
     methods = audit.methods
     k = min(GRID_SAMPLES, maps.sizes["sample"])
     samples = maps["sample"].values[:k]
-    fidelity = audit.group("metrics")
-    has_sf = fidelity is not None and "fidelity" in fidelity
+    metrics = audit.group("metrics")
+    scored = metrics is not None and "fidelity" in metrics
 
-    def captions(m: str) -> list[str]:
-        if not has_sf or m not in fidelity["method"].values:
-            return [""] * k
-        v = fidelity["fidelity"].sel({"method": m}).sel(sample=samples).values
-        return [f"S_F {fmt(x)}" for x in v]
+    def column(m: str) -> tuple[str, np.ndarray, bool, list[str]]:
+        """A method's maps, captioned with each one's S_F where it is scored."""
+        captions = [""] * k
+        if scored and m in metrics["method"].values:
+            sf = metrics["fidelity"].sel({"method": m}).sel(sample=samples).values
+            captions = [f"S_F {fmt(x)}" for x in sf]
+        return m, shown[m], False, captions
 
     shown = {m: display_map(maps[m].sel(sample=samples).values) for m in methods}
     columns = []
-    for m in methods:
-        base, generator, _ = split_name(m)
-        if generator is None and m in shown and m not in ROBUST_REFERENCES:
-            columns.append((m, shown[m], False, captions(m)))
-            for v in methods:
-                if v != m and split_name(v)[0] == m and split_name(v)[1] is not None:
-                    columns.append((v, shown[v], False, captions(v)))
-                    columns.append((f"{v} − {m}", shown[v] - shown[m], True, [""] * k))
+    for m in (m for m in methods if split_name(m)[1] is None and m not in ROBUST_METHODS):
+        columns.append(column(m))
+        for v in (v for v in methods if split_name(v)[1] is not None and split_name(v)[0] == m):
+            columns += [column(v), (f"{v} − {m}", shown[v] - shown[m], True, [""] * k)]
     covered = {c[0] for c in columns}
-    columns += [(m, shown[m], False, captions(m)) for m in methods if m not in covered]
+    columns += [column(m) for m in methods if m not in covered]
     image = inputs["image"].sel(sample=samples).values.transpose(0, 2, 3, 1)
     boxes = inputs["bbox"].sel(sample=samples).values if "bbox" in inputs else None
     pred = inputs["prediction"].sel(sample=samples).values
@@ -393,21 +409,11 @@ def _maps_section(audit: Audit, out: Path, root: Path) -> str:
     return _figure(path, root, "saliency maps of the first samples") + note + extra
 
 
-def _condition_matrix(tables: list[MetricTable], metrics: tuple[str, ...], methods: list[str]):
-    """(column labels, methods x columns of means) over the metrics' conditions."""
-    chosen = [t for t in tables if t.metric in metrics]
-    cols = [f"{t.metric} {t.condition.split('=', 1)[1]}" for t in chosen]
-    values = np.array(
-        [[(t.method(m) or {"mean": np.nan})["mean"] for t in chosen] for m in methods], float
-    )
-    return chosen, cols, values
-
-
-def _robustness_section(audit: Audit, tables, out: Path, root: Path) -> str:
+def _robustness_section(audit: Audit, tables, out: Path, root: Path) -> str | Missing:
     attacks = audit.subgroups("attacks")
     if not attacks:
         url = audit.store.url
-        return _missing(
+        return Missing(
             "No attacks in this store: "
             + NEXT_STAGE["attacks"].format(url=url)
             + " and "
@@ -433,24 +439,19 @@ def _robustness_section(audit: Audit, tables, out: Path, root: Path) -> str:
     methods = audit.methods
     panels, parts = [], []
     for metric in ROBUSTNESS:
-        chosen, cols, values = _condition_matrix(tables, (metric,), methods)
-        if not chosen:
+        group = [t for t in tables if t.metric == metric]
+        if not group:
             continue
-        keep = [i for i, m in enumerate(methods) if np.isfinite(values[i]).any()]
-        labels = [methods[i] for i in keep]
-        panels.append(
-            (
-                f"{metric} {'↑' if HIGHER_IS_BETTER[metric] else '↓'}",
-                labels,
-                [c.split(" ", 1)[1] for c in cols],
-                values[keep],
-            )
-        )
+        labels = [t.label for t in group]
+        rows = {m: [t.mean(m) for t in group] for m in methods}
+        rows = {m: v for m, v in rows.items() if np.isfinite(v).any()}
+        arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
+        panels.append((f"{metric} {arrow}", list(rows), labels, np.array(list(rows.values()))))
         parts.append(
             f"<h3>{_esc(METRIC_NAMES[metric])}</h3>"
             + _table(
-                ["method", *[c.split(" ", 1)[1] for c in cols]],
-                [[_esc(methods[i]), *[fmt(v) for v in values[i]]] for i in keep],
+                ["method", *labels],
+                [[_esc(m), *[fmt(v) for v in values]] for m, values in rows.items()],
                 "matrix",
             )
         )
@@ -464,16 +465,13 @@ def _robustness_section(audit: Audit, tables, out: Path, root: Path) -> str:
     )
 
 
-def _localisation_section(audit: Audit, tables, methods: list[str]) -> str:
+def _localisation_section(audit: Audit, tables, methods: list[str]) -> str | Missing:
     chosen = [t for t in tables if t.metric in LOCALISATION]
     if not chosen:
-        inputs = audit.group("inputs")
-        if inputs is None or "bbox" not in inputs:
-            return _missing("The data has no bounding boxes, so there is no localisation.")
-        return _missing(f"Not scored yet: salaudit evaluate --store {audit.store.url}")
-    header = ["method"] + [
-        t.metric + (f" {t.condition.split('=', 1)[1]}" if t.condition else "") for t in chosen
-    ]
+        if "bbox" not in audit.group("inputs"):
+            return Missing("The data has no bounding boxes, so there is no localisation.")
+        return Missing(f"Not scored yet: salaudit evaluate --store {audit.store.url}")
+    header = ["method"] + [f"{t.metric} {t.label}".strip() for t in chosen]
     rows = [[_esc(m), *[_mean_se(t.method(m)) for t in chosen]] for m in methods]
     return _table(header, rows, "localisation") + (
         "<p class='note'>Mean ± standard error over samples (BIG appendix B.1; box accuracy: "
@@ -481,35 +479,33 @@ def _localisation_section(audit: Audit, tables, methods: list[str]) -> str:
     )
 
 
-def _sanity_section(audit: Audit, tables, methods: list[str], out: Path, root: Path) -> str:
+def _sanity_section(
+    audit: Audit, tables, methods: list[str], out: Path, root: Path
+) -> str | Missing:
     chosen = [t for t in tables if t.metric in SANITY]
     if not chosen:
-        return _missing(
+        return Missing(
             "Not computed: the sanity check recomputes every map once per randomised layer, so "
             f"it runs only when asked: salaudit evaluate --store {audit.store.url} --metrics "
             "sanity (or metrics: [all] in the spec)."
         )
-    panels, rows = [], []
+    panels = []
     for metric in SANITY:
         group = [t for t in chosen if t.metric == metric]
-        layers = [t.condition.split("=", 1)[1] for t in group]
-        lines = {
-            m: np.array([(t.method(m) or {"mean": np.nan})["mean"] for t in group]) for m in methods
-        }
-        panels.append((metric.removeprefix("sanity_"), layers, lines))
-        if metric == "sanity_spearman_abs":
-            rows = [[_esc(m), *[fmt(v) for v in lines[m]]] for m in methods]
-            header = ["method", *layers]
+        lines = {m: np.array([t.mean(m) for t in group]) for m in methods}
+        panels.append((metric.removeprefix("sanity_"), [t.label for t in group], lines))
     path = figures.curves(panels, out / "sanity.png", "similarity to the original map")
+    _, layers, lines = panels[-1]  # Spearman of |maps|, as a table
+    rows = [[_esc(m), *[fmt(v) for v in values]] for m, values in lines.items()]
     return (
         _figure(path, root, "sanity check: similarity against randomised layer")
         + "<p class='note'>Layers randomised cascading from the top (Adebayo et al.); a map "
-        "that stays similar as the model is destroyed does not explain the model.</p>"
-        + (_table(header, rows, "matrix") if rows else "")
+        "that stays similar as the model is destroyed does not explain the model. The table: "
+        "Spearman of |maps|.</p>" + _table(["method", *layers], rows, "matrix")
     )
 
 
-def _decoy_section(audit: Audit, out: Path, root: Path) -> str:
+def _decoy_section(audit: Audit, out: Path, root: Path) -> str | Missing:
     metrics = audit.group("metrics")
     found = [
         v
@@ -517,7 +513,7 @@ def _decoy_section(audit: Audit, out: Path, root: Path) -> str:
         if str(v).startswith("decoy_validity_")
     ]
     if not found:
-        return _missing(
+        return Missing(
             "No decoy populations scored: "
             + NEXT_STAGE["decoys"].format(url=audit.store.url)
             + " keeps them (keep_decoys: true in a spec), then salaudit evaluate."
@@ -584,7 +580,7 @@ def report_location(store_url: str) -> str:
 def render(store: Store, out: Path) -> Report:
     """Write index.html, figures/*.png and the CSV tables of `store` into the folder `out`."""
     audit = Audit(store)
-    if audit.group("inputs") is None:
+    if audit.group("inputs") is None:  # every section below may read the inputs
         raise SalauditError(
             f"store {store.url} holds no inputs yet; run salaudit audit (or salaudit explain) "
             "into it first"
@@ -594,22 +590,20 @@ def render(store: Store, out: Path) -> Report:
     tables = metric_tables(metrics) if metrics is not None else []
     methods = audit.methods
     head = headline(tables, methods)
-    missing: dict[str, str] = {}
     body = {
         "run": _run_section(audit),
         "headline": _headline_section(head),
         "metrics": _metric_sections(tables, figs, out)
         if tables
-        else _missing(f"No metrics in this store: salaudit evaluate --store {store.url}"),
+        else Missing(f"No metrics in this store: salaudit evaluate --store {store.url}"),
         "maps": _maps_section(audit, figs, out),
         "robustness": _robustness_section(audit, tables, figs, out),
         "localisation": _localisation_section(audit, tables, methods),
         "sanity": _sanity_section(audit, tables, methods, figs, out),
         "decoys": _decoy_section(audit, figs, out),
     }
-    for key, content in body.items():
-        if content.startswith('<p class="missing">'):
-            missing[key] = html.unescape(content.split(">", 1)[1].split("</p>")[0])
+    missing = {k: c.why for k, c in body.items() if isinstance(c, Missing)}
+    body = {k: _missing(c.why) if isinstance(c, Missing) else c for k, c in body.items()}
     nav = "".join(f'<a href="#{k}">{_esc(t)}</a>' for k, t in SECTIONS.items())
     sections = "".join(
         f'<section id="{k}"><h2>{_esc(SECTIONS[k])}</h2>{content}</section>'
@@ -631,39 +625,33 @@ def render(store: Store, out: Path) -> Report:
 
 def _write_csv(tables: list[MetricTable], out: Path) -> None:
     """methods.csv and comparisons.csv: every number of the tables at full precision."""
-    import csv
-
-    with open(out / "methods.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["metric", "condition", "method", "n", "mean", "standard_error"])
-        for t in tables:
-            for r in t.methods:
-                w.writerow(
-                    [
-                        t.metric,
-                        t.condition,
-                        r["method"],
-                        r["n"],
-                        repr(r["mean"]),
-                        repr(r["standard_error"]),
-                    ]
-                )
     keys = ("mean_difference", "standard_error", "p_value", "p_holm")
-    with open(out / "comparisons.csv", "w", newline="") as f:
+    _csv(
+        out / "methods.csv",
+        ["metric", "condition", "method", "n", "mean", "standard_error"],
+        (
+            [t.metric, t.condition, r["method"], r["n"], repr(r["mean"]), repr(r["standard_error"])]
+            for t in tables
+            for r in t.methods
+        ),
+    )
+    _csv(
+        out / "comparisons.csv",
+        ["metric", "condition", "method", "reference", "n", *keys],
+        (
+            [t.metric, t.condition, p["method"], p["reference"], p["n"]]
+            + [repr(float(p[k])) for k in keys]
+            for t in tables
+            for p in t.pairs
+        ),
+    )
+
+
+def _csv(path: Path, header: list[str], rows) -> None:
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["metric", "condition", "method", "reference", "n", *keys])
-        for t in tables:
-            for p in t.pairs:
-                w.writerow(
-                    [
-                        t.metric,
-                        t.condition,
-                        p["method"],
-                        p["reference"],
-                        p["n"],
-                        *[repr(float(p[k])) for k in keys],
-                    ]
-                )
+        w.writerow(header)
+        w.writerows(rows)
 
 
 def write_report(url: str, out: str | None = None, storage_options: dict | None = None) -> Report:

@@ -24,8 +24,8 @@ PACKAGES = (
 
 
 def environment() -> dict[str, str]:
-    """Python, salaudit and the installed versions of the packages an audit runs on, and the
-    GPU where torch finds one (read from package metadata: nothing is imported)."""
+    """Python, salaudit and the installed versions of the packages an audit runs on (read
+    from package metadata: nothing is imported)."""
     out = {"python": platform.python_version(), "salaudit": __version__}
     for name in PACKAGES:
         try:

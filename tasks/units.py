@@ -115,43 +115,9 @@ def audit_unit(
     return {**out, "pid": os.getpid(), "attempt": attempt, "device": device_name(run.device)}
 
 
-@task(name="report")
-def write_report_task(
-    url: str, out: str, storage_options: dict[str, Any] | None = None
-) -> dict[str, Any]:
+@task(name="report", persist_result=False)
+def write_report_task(url: str, out: str, storage_options: dict[str, Any] | None = None):
     """The audit's HTML report (in the flow's process: it reads only the store)."""
     from salaudit.report import write_report
 
-    report = write_report(url, out, storage_options)
-    return {
-        "location": report.location,
-        "headline": report.headline,
-        "tables": {key: rows for key, rows in _metric_rows(report.tables).items()},
-        "missing": report.missing,
-    }
-
-
-def _metric_rows(tables) -> dict[str, list[dict[str, Any]]]:
-    """Per metric, one row per method and condition: mean, standard error and its paired
-    comparisons (Holm-corrected p-values)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for t in tables:
-        for r in t.methods:
-            pairs = [p for p in t.pairs if p["method"] == r["method"]]
-            out.setdefault(t.metric, []).append(
-                {
-                    "condition": t.condition,
-                    "method": r["method"],
-                    "n": r["n"],
-                    "mean": _round(r["mean"]),
-                    "standard_error": _round(r["standard_error"]),
-                    "compared_with": ", ".join(p["reference"] for p in pairs),
-                    "difference": ", ".join(f"{p['mean_difference']:.3g}" for p in pairs),
-                    "p_holm": ", ".join(f"{p['p_holm']:.3g}" for p in pairs),
-                }
-            )
-    return out
-
-
-def _round(v: float) -> float | None:
-    return None if v != v else float(f"{v:.4g}")
+    return write_report(url, out, storage_options)

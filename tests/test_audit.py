@@ -276,7 +276,11 @@ def test_flow_on_two_workers_into_s3_equals_the_library(prefect_api, bucket, dir
         artifacts = {a.key: a for a in client.read_artifacts()}
         assert {"salaudit-progress", "salaudit-report", "salaudit-fidelity"} <= set(artifacts)
         assert {"salaudit-sensitivity", "salaudit-retrieval-adv"} <= set(artifacts)
-        assert f"{url}-report/index.html" in artifacts["salaudit-report"].data
+        headline = artifacts["salaudit-report"].data
+        assert f"{url}-report/index.html" in headline and "| dance-grad | " in headline
+        fidelity = json.loads(artifacts["salaudit-fidelity"].data)
+        assert {r["method"] for r in fidelity} == {"grad", "ig", "dance-grad"}
+        assert next(r for r in fidelity if r["method"] == "dance-grad")["compared_with"] == "grad"
     # the report lies beside the store on the object store, its figures with it
     assert out["report"] == f"{url}-report/index.html"
     fs = Store(url).fs

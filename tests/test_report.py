@@ -193,6 +193,10 @@ def test_the_report_renders_in_headless_chromium(full_report, tmp_path):
     assert report.missing == {}  # every section had its data
     for words in ("relex", "bsm", "big", "dance-grad − grad", "topk@grad", "blur", "pool1"):
         assert words in page.text
+    # the run's record: its stage timings (one row per stage), no failures, the versions
+    for words in ("Stage timings", "maps:decoys-dance", "attack:pgd", "None: every unit"):
+        assert words in page.text
+    assert "orchestrator\tin-process" in page.text
     top = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert top.shape == (900, 1280) and top.std() > 20  # the top of the report, not a blank page
 
