@@ -30,7 +30,8 @@ from prefect_dask import DaskTaskRunner
 
 from salaudit.audit import AuditPlan, Unit, audit_record, finish, prepare_audit, unit_done
 from salaudit.auditspec import AuditSpec, parse_spec
-from salaudit.errors import SalauditError
+from salaudit.compare import compare_stores, metrics_store
+from salaudit.errors import RegressionFound, SalauditError
 from salaudit.lease import Lease
 from salaudit.report import MetricTable, Report
 from salaudit.store import check_reachable
@@ -110,6 +111,8 @@ def audit(spec: dict[str, Any], fresh: bool = False, progress: bool = False) -> 
     """Audit a model as `spec` says (the fields of salaudit's audit spec)."""
     parsed = parse_spec(spec)
     check_reachable(parsed.store.url, parsed.store.storage_options)
+    if parsed.compare.baseline:  # before any work: a missing baseline is bad input
+        metrics_store(parsed.compare.baseline, parsed.store.storage_options or None)
     lease = Lease(parsed.store.url, parsed.store.storage_options)
     lease.acquire(parsed.lease_wait, holder=_holder())
     try:
@@ -152,7 +155,27 @@ def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
         )
     finish(run, plan)
     summary["report"] = _report(spec, run.store.url)
+    if spec.compare.baseline:
+        summary["comparison"] = _compare(spec, run.store.url)
     return summary
+
+
+def _compare(spec: AuditSpec, url: str) -> str:
+    """Compare with the spec's baseline: a markdown artifact of the changes, the verdict; raises
+    RegressionFound (a failed flow run) naming what regressed beyond its threshold."""
+    c = spec.compare
+    comparison = compare_stores(
+        c.baseline, url, c.thresholds, c.alpha, spec.store.storage_options or None
+    )
+    create_markdown_artifact(
+        comparison.markdown(),
+        key="salaudit-comparison",
+        description=f"{url} against the baseline {c.baseline}",
+    )
+    print(f"salaudit: against the baseline {c.baseline}: {comparison.verdict()}")
+    if comparison.regressions:
+        raise RegressionFound(f"{url} against {c.baseline}: {comparison.verdict()}")
+    return comparison.verdict()
 
 
 def _report(spec: AuditSpec, url: str) -> str | None:

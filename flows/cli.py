@@ -7,6 +7,8 @@ import ast
 import os
 import sys
 
+from salaudit.errors import SalauditError
+
 DEFAULT_MODEL = "builtin:digit-scenes-cnn"
 DEFAULT_DATA = "builtin:digit-scenes"
 DEFAULT_METHODS = "grad,ig,smoothgrad,dance-grad,blur-grad"
@@ -135,6 +137,47 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write a store's HTML report (tables, statistics, figures)")
     r.add_argument("--store", default=DEFAULT_STORE, help="local path or s3:// URL of the store")
     r.add_argument("--out", help="folder or s3:// URL for the report (default: <store>-report)")
+
+    c = sub.add_parser(
+        "compare",
+        help="compare two audits of one data selection (baseline, current); exit 1 on a "
+        "regression beyond a threshold",
+    )
+    c.add_argument("baseline", help="the earlier audit's store (path or s3:// URL)")
+    c.add_argument("current", help="the later audit's store")
+    c.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="METRIC=MAX_WORSENING",
+        help="gate a metric: the largest tolerated worsening of a method's mean (repeatable; "
+        "added to the spec's compare.thresholds)",
+    )
+    c.add_argument("--alpha", type=float, help="significance level (default: the spec's, 0.05)")
+    c.add_argument("--spec", help="an audit spec whose compare: thresholds and alpha to use")
+
+    d = sub.add_parser("deploy", help="create a Prefect deployment of an audit spec")
+    d.add_argument("spec", nargs="?", help="audit spec (YAML; default: the embedded default)")
+    d.add_argument("--name", required=True, help="the deployment's name")
+    d.add_argument("--cron", help='a cron schedule, e.g. "0 2 * * *" (none: runs on demand)')
+    d.add_argument(
+        "--pool",
+        default="salaudit-gpu",
+        help="work pool (created as a process pool if missing; default salaudit-gpu)",
+    )
+    d.add_argument(
+        "--watch",
+        metavar="PREFIX",
+        help="also audit each new checkpoint under this folder or s3:// prefix (the spec's "
+        "{checkpoint} and {checkpoint_name} name it)",
+    )
+    d.add_argument("--every", type=float, default=60, help="seconds between looks (default 60)")
+    d.add_argument("--pattern", default="*.pt", help="checkpoint file names (default *.pt)")
+
+    v2 = sub.add_parser("serve", help="run an audit spec on a schedule from this process")
+    v2.add_argument("spec", nargs="?", help="audit spec (YAML; default: the embedded default)")
+    v2.add_argument("--name", default="salaudit", help="the deployment's name")
+    v2.add_argument("--cron", help='a cron schedule, e.g. "0 2 * * *"')
 
     s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
     s.add_argument("--store", default=DEFAULT_STORE)
@@ -295,11 +338,59 @@ def _audit(args: argparse.Namespace) -> None:
         print(f"salaudit: report in {out['report']}")
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from salaudit.auditspec import load_spec
+    from salaudit.compare import compare_stores
+
+    spec = load_spec(args.spec) if args.spec else None
+    thresholds = (dict(spec.compare.thresholds) if spec else {}) | _thresholds(args.threshold)
+    alpha = args.alpha or (spec.compare.alpha if spec else 0.05)
+    options = spec.store.storage_options if spec else None
+    comparison = compare_stores(args.baseline, args.current, thresholds, alpha, options or None)
+    print("\n".join(comparison.lines()))
+    for note in comparison.notes:
+        print(f"salaudit: {note}")
+    print(f"salaudit: {args.current} against {args.baseline}: {comparison.verdict()}")
+    return 1 if comparison.regressions else 0
+
+
+def _thresholds(items: list[str]) -> dict[str, float]:
+    """`METRIC=MAX_WORSENING` items -> {metric: threshold}."""
+    out = {}
+    for item in items:
+        metric, _, value = item.partition("=")
+        try:
+            out[metric.strip()] = float(value)
+        except ValueError:
+            raise SalauditError(
+                f"bad --threshold {item!r}; write METRIC=MAX_WORSENING, e.g. fidelity=0.05"
+            ) from None
+    return out
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from salaudit.flows.deploy import deploy
+
+    spec = _spec(args)
+    ids = deploy(spec, args.name, args.cron, args.pool, args.watch, args.every, args.pattern)
+    for name, uid in ids.items():
+        print(f"salaudit: deployment {name} ({uid}) in work pool {args.pool}")
+    print(
+        f"salaudit: run it now with: prefect deployment run 'salaudit-scheduled-audit/{args.name}'"
+        f"; start a worker with: prefect worker start --pool {args.pool}"
+    )
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from salaudit.flows.deploy import serve
+
+    serve(_spec(args), args.name, args.cron)
+
+
 def _init(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from salaudit.auditspec import DEFAULT_SPEC
-    from salaudit.errors import SalauditError
 
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -347,7 +438,7 @@ def _size(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from salaudit.errors import SalauditError
+    from salaudit.errors import RegressionFound
 
     args = _parser().parse_args(argv)
     try:
@@ -360,12 +451,17 @@ def main(argv: list[str] | None = None) -> int:
             "audit": _audit,
             "init": _init,
             "plan": _plan,
+            "compare": _compare,
+            "deploy": _deploy,
+            "serve": _serve,
         }
-        commands[args.command](args)
+        return commands[args.command](args) or 0
     except SalauditError as e:
         print(f"salaudit: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except RegressionFound as e:
+        print(f"salaudit: regression: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .attack_stage import plan_attacks
+from .compare import DEFAULT_ALPHA, check_thresholds
 from .errors import SalauditError
 from .evaluate import FAMILIES
 from .explain import DEFAULT_SHARD, ExplainConfig
@@ -31,6 +32,7 @@ CREDENTIAL_KEYS = {
     "session_token",
 }
 CLUSTER_KINDS = ("auto", "local", "cuda")
+PLACEHOLDERS = ("{checkpoint}", "{checkpoint_name}")
 
 DEFAULT_SPEC = """\
 # salaudit audit spec (salaudit init writes this file; salaudit audit SPEC runs it).
@@ -68,6 +70,11 @@ metrics: null                          # null: every applicable family; or a lis
 
 report: null                           # the HTML report's folder or s3:// URL (null: beside the
                                        # store, <store>-report; false: no report)
+compare:                               # audits over time: compare with an earlier audit's store
+  baseline: null                       # its URL (null: no comparison)
+  thresholds: {}                       # metric: largest tolerated worsening of a method's mean,
+                                       # e.g. {fidelity: 0.05}; beyond it (and p_holm < alpha)
+  alpha: 0.05                          # the audit fails, naming what regressed
 store:
   url: runs/audit                      # a local folder or s3://bucket/prefix
   storage_options: {}                  # e.g. {endpoint_url: http://minio:9000}; keys come
@@ -108,6 +115,22 @@ class StoreSpec(BaseModel):
         return value
 
 
+class CompareSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    baseline: str | None = None
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, value: dict[str, float]) -> dict[str, float]:
+        try:
+            return check_thresholds(value)
+        except SalauditError as e:
+            raise ValueError(str(e)) from None
+
+
 class AuditSpec(BaseModel):
     """What an audit computes (see DEFAULT_SPEC for every field, commented)."""
 
@@ -126,6 +149,7 @@ class AuditSpec(BaseModel):
     radii: list[float] | None = None
     metrics: list[str] | None = None
     report: str | bool | None = None
+    compare: CompareSpec = Field(default_factory=CompareSpec)
     store: StoreSpec = Field(default_factory=StoreSpec)
     shard_size: int = Field(DEFAULT_SHARD, ge=1)
     cluster: str = "auto"
@@ -193,6 +217,49 @@ class AuditSpec(BaseModel):
         from .report import report_location
 
         return self.report if isinstance(self.report, str) else report_location(self.store.url)
+
+    def for_checkpoint(self, checkpoint: str | None) -> AuditSpec:
+        """The spec with `{checkpoint}` (its URL) and `{checkpoint_name}` (its file name less
+        the suffix) filled in wherever model, store.url, report or compare.baseline name them."""
+        data = self.model_dump(mode="json")
+        fields = [
+            (data, "model"),
+            (data["store"], "url"),
+            (data, "report"),
+            (data["compare"], "baseline"),
+        ]
+        named = [(d, k) for d, k in fields if isinstance(d[k], str) and "{checkpoint" in d[k]]
+        if checkpoint is None:
+            if named:
+                raise SalauditError(
+                    f"spec field {named[0][1]} names {{checkpoint}}, but no checkpoint was "
+                    "given: run it from a checkpoint trigger (salaudit deploy --watch) or "
+                    "pass checkpoint=URL"
+                )
+            return self
+        name = checkpoint.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+        for d, k in named:
+            d[k] = d[k].replace("{checkpoint_name}", name).replace("{checkpoint}", checkpoint)
+        return parse_spec(data, f"the spec for checkpoint {checkpoint}")
+
+    def with_absolute_paths(self) -> AuditSpec:
+        """The spec with relative local paths (store, report, baseline) made absolute."""
+        from .io import is_remote
+
+        def absolute(url):
+            if not isinstance(url, str) or is_remote(url) or Path(url).is_absolute():
+                return url
+            return str(Path(url).absolute())
+
+        return self.model_copy(
+            update={
+                "store": self.store.model_copy(update={"url": absolute(self.store.url)}),
+                "report": absolute(self.report),
+                "compare": self.compare.model_copy(
+                    update={"baseline": absolute(self.compare.baseline)}
+                ),
+            }
+        )
 
     def sample_selection(self) -> Selection:
         n = self.limit or self.selection.n

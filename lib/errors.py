@@ -7,3 +7,7 @@ class SalauditError(ValueError):
 
 class StoreConflict(SalauditError):
     """The store holds results that the requested run would contradict."""
+
+
+class RegressionFound(Exception):
+    """An audit compared with its baseline regressed beyond a threshold (exit code 1)."""

@@ -155,9 +155,10 @@ TORCHVISION_LAYERS = {
 def load_model(spec: str, device: str | torch.device = "cpu", progress: bool = True) -> PixelModel:
     """Load a classifier in eval mode, wrapped to take pixel-space images.
 
-    `builtin:<name>` (trained on first use and cached), `torchvision:<arch>?weights=<path or
-    s3 url>[&size=224][&num_classes=N]` (never downloaded, loaded with `weights_only=True`) or
-    `python:<module>:<factory>[?shape=3x32x32]`.
+    `builtin:<name>[?weights=<path or s3 url>]` (trained on first use and cached; `weights`
+    loads a checkpoint of the same architecture, the builtin's normalisation kept),
+    `torchvision:<arch>?weights=<path or s3 url>[&size=224][&num_classes=N]` (never
+    downloaded, loaded with `weights_only=True`) or `python:<module>:<factory>[?shape=3x32x32]`.
     """
     parsed = Spec.parse(spec, MODEL_KINDS, "model")
     loader = {"builtin": _builtin, "torchvision": _torchvision, "python": _python}[parsed.kind]
@@ -174,7 +175,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", progress: bool = T
 def _builtin(spec: Spec, progress: bool) -> PixelModel:
     from .training import builtin_checkpoint
 
-    spec.check_params(set(), "builtin model")
+    spec.check_params({"weights"}, "builtin model")
     if spec.target not in BUILTIN_MODELS:
         raise SalauditError(
             f"unknown builtin model {spec.target!r}; valid: "
@@ -182,8 +183,15 @@ def _builtin(spec: Spec, progress: bool) -> PixelModel:
         )
     info = BUILTIN_MODELS[spec.target]
     ckpt = builtin_checkpoint(spec.target, progress=progress)
+    weights = spec.take("weights")
+    state = read_state_dict(weights) if weights else ckpt["state_dict"]
     net = info.build()
-    net.load_state_dict(ckpt["state_dict"])
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise SalauditError(
+            f"weights file {weights} does not fit builtin:{spec.target}: {e}"
+        ) from None
     return PixelModel(
         net,
         input_shape=info.input_shape,

@@ -38,8 +38,16 @@ class Page:
     text: str = ""
 
 
-def visit(url: str, screenshot: Path | None = None, width: int = 1280, height: int = 900) -> Page:
-    """Open `url` in a fresh Chromium profile and report what the page did."""
+def visit(
+    url: str,
+    screenshot: Path | None = None,
+    width: int = 1280,
+    height: int = 900,
+    steps: tuple[tuple[str, str], ...] = (),
+) -> Page:
+    """Open `url` in a fresh Chromium profile and report what the page did. `steps`, for an
+    application page, in order: ("wait", text) until the text shows (60 s at most), ("click",
+    text) on the first element showing it."""
     from playwright.sync_api import sync_playwright
 
     page_info = Page()
@@ -66,6 +74,11 @@ def visit(url: str, screenshot: Path | None = None, width: int = 1280, height: i
                 lambda r: page_info.problems.append(f"failed to load {r.url}: {r.failure}"),
             )
             page.goto(url, wait_until="load")
+            for action, text in steps:
+                element = page.get_by_text(text, exact=True).first
+                element.wait_for(timeout=60_000)
+                if action == "click":
+                    element.click()
             page_info.images = page.evaluate(
                 "Array.from(document.images).map(i => ({src: i.getAttribute('src'), "
                 "complete: i.complete, naturalWidth: i.naturalWidth}))"

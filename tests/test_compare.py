@@ -1,0 +1,164 @@
+"""Audits over time: `salaudit compare` against scipy on two stores with a planted regression,
+the spec's compare field and checkpoint placeholders, and the checkpoint watermark."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from scipy import stats
+
+from salaudit.audit import audit_direct
+from salaudit.auditspec import parse_spec
+from salaudit.checkpoints import Watermark, list_checkpoints, new_checkpoints
+from salaudit.compare import compare_stores
+from salaudit.errors import SalauditError
+from salaudit.flows.cli import main
+
+SPEC = {
+    "selection": {"mode": "random", "n": 6},
+    "methods": {"grad": {}, "ig": {"n_steps": 4}},
+    "metrics": ["fidelity"],
+    "shard_size": 6,
+    "retries": 0,
+    "report": False,
+}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("compare") / "baseline")
+    audit_direct(parse_spec({**SPEC, "store": {"url": url}}), progress=False)
+    return url
+
+
+def planted(baseline: str, tmp_path, shift: float, method: str = "grad") -> str:
+    """A copy of `baseline` whose fidelity has small noise added, and `method`'s is shifted by
+    `shift` too."""
+    url = str(tmp_path / "current")
+    shutil.copytree(baseline, url)
+    metrics = zarr.open_group(url, mode="r+")["metrics"]
+    methods = [str(m) for m in metrics["method"][:]]
+    values = metrics["fidelity"][:]
+    values += np.random.default_rng(0).normal(0, 0.02, values.shape)
+    values[:, methods.index(method)] += shift
+    metrics["fidelity"][:] = values
+    return url
+
+
+def fidelity(url: str) -> dict[str, np.ndarray]:
+    metrics = zarr.open_group(url, mode="r")["metrics"]
+    values = metrics["fidelity"][:].astype("float64")
+    return {str(m): values[:, i] for i, m in enumerate(metrics["method"][:])}
+
+
+def test_a_planted_regression_is_named_and_its_test_equals_scipy(baseline, tmp_path, capsys):
+    current = planted(baseline, tmp_path, shift=0.2)  # fidelity: lower is better
+    assert main(["compare", baseline, current, "--threshold", "fidelity=0.1"]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression(s): fidelity grad: worse by" in out
+    regressed = [line for line in out.splitlines() if line.endswith("REGRESSED")]
+    assert len(regressed) == 1 and regressed[0].split()[:2] == ["fidelity", "grad"]
+
+    a, b = fidelity(baseline), fidelity(current)
+    rows = {c.method: c for c in compare_stores(baseline, current, {"fidelity": 0.1}).changes}
+    p = [stats.ttest_rel(b[m], a[m], alternative="greater").pvalue for m in ("grad", "ig")]
+    holm = [0.0, 0.0]  # Holm's step-down, by hand for two p-values
+    low, high = np.argsort(p)
+    holm[low] = min(1.0, 2 * p[low])
+    holm[high] = max(holm[low], min(1.0, p[high]))
+    for m, p_holm in zip(("grad", "ig"), holm, strict=True):
+        np.testing.assert_allclose(rows[m].change, np.mean(b[m] - a[m]), rtol=1e-12)
+        np.testing.assert_allclose(rows[m].standard_error, stats.sem(b[m] - a[m]), rtol=1e-12)
+        np.testing.assert_allclose(rows[m].p_holm, p_holm, rtol=1e-10)
+        assert rows[m].baseline == pytest.approx(a[m].mean()) and rows[m].n == 6
+    assert rows["grad"].regressed and not rows["ig"].regressed
+
+
+@pytest.mark.parametrize(
+    "shift, threshold",
+    [(0.2, "fidelity=0.5"), (-0.2, "fidelity=0.1"), (0.0, "fidelity=0")],
+    ids=["within-threshold", "an-improvement", "unchanged"],
+)
+def test_no_regression_exits_zero(baseline, tmp_path, capsys, shift, threshold):
+    current = planted(baseline, tmp_path, shift=shift)
+    assert main(["compare", baseline, current, "--threshold", threshold]) == 0
+    assert "no regression (2 gated rows of 2)" in capsys.readouterr().out
+
+
+def test_without_thresholds_it_reports_and_passes(baseline, tmp_path, capsys):
+    current = planted(baseline, tmp_path, shift=0.2)
+    assert main(["compare", baseline, current]) == 0
+    out = capsys.readouterr().out
+    assert "fidelity" in out and "no regression (0 gated rows of 2)" in out
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--threshold", "fidelity"], "bad --threshold 'fidelity'; write METRIC=MAX_WORSENING"),
+        (["--threshold", "accuracy=0.1"], "threshold for unknown metric(s) accuracy; valid:"),
+        (["--threshold", "fidelity=-1"], "must be >= 0"),
+        (["--threshold", "deletion=0.1"], "threshold for deletion, which the two stores do not"),
+    ],
+)
+def test_bad_thresholds_fail_naming_the_fix(baseline, capsys, args, words):
+    assert main(["compare", baseline, baseline, *args]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_stores_without_metrics_or_of_other_data_are_refused(baseline, tmp_path, capsys):
+    assert main(["compare", baseline, str(tmp_path / "nothing")]) == 2
+    assert "no salaudit store at" in capsys.readouterr().err
+    maps_only = str(tmp_path / "maps-only")
+    shutil.copytree(baseline, maps_only)
+    shutil.rmtree(os.path.join(maps_only, "metrics"))
+    with pytest.raises(SalauditError, match="holds no metrics; run salaudit evaluate"):
+        compare_stores(baseline, maps_only)
+    other = str(tmp_path / "other")
+    shutil.copytree(baseline, other)
+    zarr.open_group(other, mode="r+").attrs["data_fingerprint"] = "another"
+    with pytest.raises(SalauditError, match="audit different data"):
+        compare_stores(baseline, other)
+
+
+def test_the_spec_compare_field_and_checkpoint_placeholders():
+    spec = parse_spec(
+        {
+            "model": "builtin:digit-scenes-cnn?weights={checkpoint}",
+            "store": {"url": "s3://b/audits/{checkpoint_name}"},
+            "compare": {"baseline": "s3://b/audits/base", "thresholds": {"fidelity": 0.05}},
+        }
+    )
+    filled = spec.for_checkpoint("s3://b/ckpt/epoch-7.pt")
+    assert filled.model == "builtin:digit-scenes-cnn?weights=s3://b/ckpt/epoch-7.pt"
+    assert filled.store.url == "s3://b/audits/epoch-7"
+    assert filled.compare.thresholds == {"fidelity": 0.05} and filled.compare.alpha == 0.05
+    with pytest.raises(SalauditError, match="names {checkpoint}, but no checkpoint was given"):
+        spec.for_checkpoint(None)
+    with pytest.raises(SalauditError, match="compare.thresholds: threshold for unknown metric"):
+        parse_spec({"compare": {"thresholds": {"speed": 1}}})
+
+
+def test_new_checkpoints_are_those_past_the_watermark(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for name, t in [("a.pt", 100), ("b.pt", 200), ("notes.txt", 300)]:
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (t, t))
+    listing = list_checkpoints(str(folder))
+    assert sorted(os.path.basename(u) for u in listing) == ["a.pt", "b.pt"]
+    new, mark = new_checkpoints(listing, Watermark())
+    assert [os.path.basename(u) for u in new] == ["a.pt", "b.pt"] and mark.time == 200
+    assert new_checkpoints(listing, mark)[0] == []  # nothing new
+    (folder / "c.pt").write_bytes(b"x")  # as new as the watermark, not seen yet
+    os.utime(folder / "c.pt", (200, 200))
+    (folder / "d.pt").write_bytes(b"x")
+    os.utime(folder / "d.pt", (250, 250))
+    new, mark2 = new_checkpoints(list_checkpoints(str(folder)), Watermark.from_dict(mark.to_dict()))
+    assert [os.path.basename(u) for u in new] == ["c.pt", "d.pt"] and mark2.time == 250
+    with pytest.raises(SalauditError, match="watched prefix .* does not exist"):
+        list_checkpoints(str(tmp_path / "missing"))
