@@ -48,10 +48,15 @@ def watch_checkpoints(
     prefix: str, pattern: str = DEFAULT_PATTERN, storage_options: dict[str, Any] | None = None
 ) -> list[str]:
     """Emit a `salaudit.checkpoint.created` event for each checkpoint file under `prefix`
-    that is new since the last look; returns their URLs."""
+    that is new since the last look; returns their URLs. The first look (no watermark yet)
+    only notes what is there: the checkpoints that land after it are audited."""
     name = watermark_variable(prefix, pattern)
     listing = list_checkpoints(prefix, pattern, storage_options)
-    new, mark = new_checkpoints(listing, Watermark.from_dict(Variable.get(name)))
+    stored = Variable.get(name)
+    new, mark = new_checkpoints(listing, Watermark.from_dict(stored))
+    if stored is None:
+        new = []
+        print(f"salaudit: first look at {prefix}: {len(listing)} checkpoint(s), not audited")
     for url in new:
         emit_event(
             CHECKPOINT_EVENT,
@@ -129,7 +134,7 @@ def deploy(
                 name=f"{name}: new checkpoint under {watch}",
                 expect={CHECKPOINT_EVENT},
                 match={"prefect.resource.id": f"salaudit.checkpoint.{watch.rstrip('/')}/*"},
-                parameters={**params, "checkpoint": "{{ event.payload.checkpoint }}"},
+                parameters={"checkpoint": "{{ event.payload.checkpoint }}"},  # + the spec
             )
         )
     ids = {
@@ -146,8 +151,8 @@ def deploy(
     }
     if watch:
         storage = spec.store.storage_options or None
-        _, mark = new_checkpoints(list_checkpoints(watch, pattern, storage), Watermark())
-        Variable.set(watermark_variable(watch, pattern), mark.to_dict(), overwrite=True)
+        Variable.unset(watermark_variable(watch, pattern))
+        watch_checkpoints.fn(watch, pattern, storage)  # the first look, now
         ids[f"{name}-watch"] = watch_checkpoints.to_deployment(
             name=f"{name}-watch",
             interval=every,

@@ -458,3 +458,26 @@ def test_a_worker_killed_mid_shard_the_audit_completes_equal(
     assert killed, "no worker was busy to kill"
     assert out["failed"] == {}
     assert_same_store(url, direct_store)
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_the_audit_on_local_cuda_cluster_equals_the_cpu_library(
+    prefect_api, tmp_path, direct_store
+):
+    import torch
+
+    from salaudit.flows.audit import gpu_count
+
+    if not torch.cuda.is_available() or not gpu_count():
+        pytest.skip("needs a CUDA GPU that NVML finds (dask-cuda's LocalCUDACluster)")
+    url = str(tmp_path / "store")
+    out = run_flow(small(url, cluster="cuda", workers=None, device="cuda"))
+    assert out["failed"] == {} and out["samples"] == 8
+    devices = Store(url).audit_records()[-1]["devices"]  # the GPUs' model names
+    assert devices and "cpu" not in devices
+    gpu, cpu = open_tree(url), open_tree(direct_store)
+    for name in ("grad", "ig", "dance-grad"):  # the same maps, up to float reordering
+        np.testing.assert_allclose(
+            gpu["maps"].ds[name].values, cpu["maps"].ds[name].values, rtol=1e-3, atol=1e-5
+        )

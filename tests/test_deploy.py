@@ -336,3 +336,28 @@ def wait_for_a_final_run(api: str, deployment_id: UUID, timeout: float):
             return done[0]
         time.sleep(2)
     pytest.fail(f"no run of deployment {deployment_id} finished in {timeout:.0f} s")
+
+
+def test_serve_registers_its_schedule_and_runs_until_stopped(server, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "store": {"url": "relative/store"}}))
+    env = environment(server, tmp_path / "home")
+    args = [BIN / "salaudit", "serve", spec, "--name", "served", "--cron", "0 3 * * *"]
+    proc = subprocess.Popen([str(a) for a in args], env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with client(server) as c:
+                try:
+                    d = c.read_deployment_by_name("salaudit-scheduled-audit/served")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+            time.sleep(1)
+        assert [s.schedule.cron for s in d.schedules] == ["0 3 * * *"]
+        assert d.parameters["spec"]["store"]["url"] == str(tmp_path / "relative/store")
+        assert proc.poll() is None  # it serves until stopped
+    finally:
+        proc.terminate()
+        proc.wait(60)

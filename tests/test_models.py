@@ -64,6 +64,22 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path):
         load_model(f"torchvision:resnet34?weights={tmp_path / 'r18.pt'}")
 
 
+def test_a_checkpoint_of_the_builtin_architecture(model, tmp_path):
+    ckpt = builtin_checkpoint("digit-scenes-cnn")
+    torch.save(ckpt, tmp_path / "same.pt")  # a salaudit checkpoint dict: the same model
+    same = load_model(f"builtin:digit-scenes-cnn?weights={tmp_path / 'same.pt'}", progress=False)
+    assert same.fingerprint == model.fingerprint
+    tuned = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    torch.save(tuned, tmp_path / "tuned.pt")  # a bare state dict
+    other = load_model(f"builtin:digit-scenes-cnn?weights={tmp_path / 'tuned.pt'}", progress=False)
+    assert other.fingerprint != model.fingerprint
+    torch.testing.assert_close(other.net.fc.weight, tuned["fc.weight"], rtol=0, atol=0)
+    assert torch.equal(other.mean, model.mean) and torch.equal(other.std, model.std)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(SalauditError, match="does not fit builtin:digit-scenes-cnn"):
+        load_model(f"builtin:digit-scenes-cnn?weights={tmp_path / 'r18.pt'}", progress=False)
+
+
 def test_torchvision_needs_local_weights():
     with pytest.raises(SalauditError, match="nothing is downloaded"):
         load_model("torchvision:resnet18")
