@@ -18,6 +18,7 @@ from .compare import DEFAULT_ALPHA, check_thresholds
 from .errors import SalauditError
 from .evaluate import FAMILIES
 from .explain import DEFAULT_SHARD, ExplainConfig
+from .io import is_remote
 from .registry import BOUNDARY_METHODS, get_method, split_name
 from .selection import MODES, Selection
 
@@ -244,7 +245,6 @@ class AuditSpec(BaseModel):
 
     def with_absolute_paths(self) -> AuditSpec:
         """The spec with relative local paths (store, report, baseline) made absolute."""
-        from .io import is_remote
 
         def absolute(url):
             if not isinstance(url, str) or is_remote(url) or Path(url).is_absolute():

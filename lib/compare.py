@@ -153,6 +153,8 @@ def compare_stores(
 ) -> Comparison:
     """Compare the audit in `current` with the one in `baseline` (see the module's doc)."""
     thresholds = check_thresholds(dict(thresholds or {}))
+    if not 0 < alpha < 1:
+        raise SalauditError(f"alpha {alpha:g} is not a significance level; give one in (0, 1)")
     a, b = metrics_store(baseline, storage_options), metrics_store(current, storage_options)
     data_a, data_b = (s.attrs().get("data_fingerprint") for s in (a, b))
     if data_a != data_b:

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 from scipy import stats
 
@@ -87,6 +88,17 @@ def test_no_regression_exits_zero(baseline, tmp_path, capsys, shift, threshold):
     current = planted(baseline, tmp_path, shift=shift)
     assert main(["compare", baseline, current, "--threshold", threshold]) == 0
     assert "no regression (2 gated rows of 2)" in capsys.readouterr().out
+
+
+def test_thresholds_from_a_spec(baseline, tmp_path, capsys):
+    current = planted(baseline, tmp_path, shift=0.2)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"compare": {"thresholds": {"fidelity": 0.1}}}))
+    assert main(["compare", baseline, current, "--spec", str(spec)]) == 1
+    assert "1 regression(s): fidelity grad" in capsys.readouterr().out
+    assert main(["compare", baseline, current, "--spec", str(spec), "--alpha", "1e-30"]) == 0
+    assert main(["compare", baseline, current, "--alpha", "5"]) == 2
+    assert "alpha 5 is not a significance level" in capsys.readouterr().err
 
 
 def test_without_thresholds_it_reports_and_passes(baseline, tmp_path, capsys):
