@@ -109,7 +109,7 @@ def _gpu_slots() -> contextlib.AbstractContextManager:
 @flow(name="salaudit-audit", log_prints=True)
 def audit(spec: dict[str, Any], fresh: bool = False, progress: bool = False) -> dict[str, Any]:
     """Audit a model as `spec` says (the fields of salaudit's audit spec)."""
-    parsed = parse_spec(spec)
+    parsed = parse_spec(spec).for_checkpoint(None)  # refused while it names {checkpoint}
     check_reachable(parsed.store.url, parsed.store.storage_options)
     if parsed.compare.baseline:  # before any work: a missing baseline is bad input
         metrics_store(parsed.compare.baseline, parsed.store.storage_options or None)

@@ -314,7 +314,7 @@ def _audit(args: argparse.Namespace) -> None:
 
     from salaudit.flows.audit import prefect_api, run_audit
 
-    spec = _spec(args)
+    spec = _spec(args).for_checkpoint(None)  # {checkpoint} is filled by a trigger only
     if args.quiet or not args.verbose:  # the progress bar says it; the Prefect UI has the logs
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

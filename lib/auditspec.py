@@ -7,7 +7,7 @@ live in a spec: storage options carry endpoints and settings, keys come from the
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -33,7 +33,6 @@ CREDENTIAL_KEYS = {
     "session_token",
 }
 CLUSTER_KINDS = ("auto", "local", "cuda")
-PLACEHOLDERS = ("{checkpoint}", "{checkpoint_name}")
 
 DEFAULT_SPEC = """\
 # salaudit audit spec (salaudit init writes this file; salaudit audit SPEC runs it).
@@ -223,23 +222,23 @@ class AuditSpec(BaseModel):
         """The spec with `{checkpoint}` (its URL) and `{checkpoint_name}` (its file name less
         the suffix) filled in wherever model, store.url, report or compare.baseline name them."""
         data = self.model_dump(mode="json")
-        fields = [
-            (data, "model"),
-            (data["store"], "url"),
-            (data, "report"),
-            (data["compare"], "baseline"),
-        ]
-        named = [(d, k) for d, k in fields if isinstance(d[k], str) and "{checkpoint" in d[k]]
+        fields = {
+            "model": (data, "model"),
+            "store.url": (data["store"], "url"),
+            "report": (data, "report"),
+            "compare.baseline": (data["compare"], "baseline"),
+        }
+        named = {f: (d, k) for f, (d, k) in fields.items() if "{checkpoint" in str(d[k])}
         if checkpoint is None:
             if named:
                 raise SalauditError(
-                    f"spec field {named[0][1]} names {{checkpoint}}, but no checkpoint was "
-                    "given: run it from a checkpoint trigger (salaudit deploy --watch) or "
-                    "pass checkpoint=URL"
+                    f"spec field {next(iter(named))} names {{checkpoint}}, but no checkpoint "
+                    "was given: run it from a checkpoint trigger (salaudit deploy --watch) or "
+                    "with the parameter checkpoint=URL"
                 )
             return self
-        name = checkpoint.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
-        for d, k in named:
+        name = PurePosixPath(checkpoint.rstrip("/")).stem
+        for d, k in named.values():
             d[k] = d[k].replace("{checkpoint_name}", name).replace("{checkpoint}", checkpoint)
         return parse_spec(data, f"the spec for checkpoint {checkpoint}")
 

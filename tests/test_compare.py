@@ -145,14 +145,21 @@ def test_the_spec_compare_field_and_checkpoint_placeholders():
             "compare": {"baseline": "s3://b/audits/base", "thresholds": {"fidelity": 0.05}},
         }
     )
-    filled = spec.for_checkpoint("s3://b/ckpt/epoch-7.pt")
-    assert filled.model == "builtin:digit-scenes-cnn?weights=s3://b/ckpt/epoch-7.pt"
-    assert filled.store.url == "s3://b/audits/epoch-7"
+    filled = spec.for_checkpoint("s3://b/ckpt/epoch-7.v2.pt")
+    assert filled.model == "builtin:digit-scenes-cnn?weights=s3://b/ckpt/epoch-7.v2.pt"
+    assert filled.store.url == "s3://b/audits/epoch-7.v2"
     assert filled.compare.thresholds == {"fidelity": 0.05} and filled.compare.alpha == 0.05
-    with pytest.raises(SalauditError, match="names {checkpoint}, but no checkpoint was given"):
+    with pytest.raises(SalauditError, match="field model names {checkpoint}, but no checkpoint"):
         spec.for_checkpoint(None)
     with pytest.raises(SalauditError, match="compare.thresholds: threshold for unknown metric"):
         parse_spec({"compare": {"thresholds": {"speed": 1}}})
+
+
+def test_an_audit_of_a_spec_naming_a_checkpoint_needs_one(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"store": {"url": "s3://b/audits/{checkpoint_name}"}}))
+    assert main(["audit", str(spec)]) == 2
+    assert "spec field store.url names {checkpoint}" in capsys.readouterr().err
 
 
 def test_new_checkpoints_are_those_past_the_watermark(tmp_path):
