@@ -111,6 +111,9 @@ def find_boundary(
     return best
 
 
+TIE = 1e-6  # relative L2 difference below which two candidate points count as equally close
+
+
 def _refine(model, x, target, point, steps: int, micro_batch: int) -> Tensor:
     """Move adversarial points closer to x, never farther: bisect the segment from x to the
     boundary, then, `steps` times, project x onto the boundary linearised there (the margin
@@ -128,7 +131,8 @@ def _refine(model, x, target, point, steps: int, micro_batch: int) -> Tensor:
         beyond = (x + 1.01 * (plane - x)).clamp(lo, hi)  # just past the plane
         ok = predictions(model, beyond, micro_batch) != target
         candidate = _bisect(model, x, target, torch.where(_rows(ok), beyond, point), micro_batch)
-        closer = ok & (_norm(candidate - x) < _norm(point - x))
+        # closer by more than float noise: a tie kept, whatever the batch layout's rounding
+        closer = ok & (_norm(candidate - x) < _norm(point - x) * (1 - TIE))
         point = torch.where(_rows(closer), candidate, point)
     return point
 
