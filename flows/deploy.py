@@ -11,6 +11,7 @@ concurrency limit of 1 (enqueue on collision) keeps runs from overlapping.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +27,7 @@ from salaudit.auditspec import AuditSpec, parse_spec
 from salaudit.checkpoints import Watermark, list_checkpoints, new_checkpoints
 from salaudit.errors import SalauditError
 from salaudit.flows.audit import run_audit
+from salaudit.io import is_remote
 
 CHECKPOINT_EVENT = "salaudit.checkpoint.created"
 DEFAULT_POOL = "salaudit-gpu"
@@ -121,11 +123,13 @@ def deploy(
     """Create (or update) the audit deployment `name` in `pool`; with `watch`, also the
     watcher deployment `name`-watch and the audit's trigger on new checkpoints. The watcher
     starts from what the prefix holds now: only checkpoints that land later are audited.
-    Relative local paths in the spec are made absolute (a flow run's working directory is a
-    scratch folder)."""
+    Relative local paths (the spec's, the watched prefix) are made absolute: a flow run's
+    working directory is a scratch folder."""
     require_api()
     check_cron(cron)
     ensure_pool(pool)
+    if watch and not is_remote(watch):
+        watch = str(Path(watch).absolute())
     params = {"spec": spec.with_absolute_paths().model_dump(mode="json")}
     triggers = []
     if watch:
