@@ -42,8 +42,15 @@ class Change:
 
     @property
     def worsening(self) -> float:
-        """How much worse the current audit is (negative: better)."""
-        return -self.change if HIGHER_IS_BETTER[self.metric] else self.change
+        return worsening(self.metric, self.change)
+
+    def cells(self) -> list[str]:
+        """metric, condition, method, baseline, current, change ± SE, p (Holm), threshold."""
+        return [
+            self.metric, self.condition, self.method, f"{self.baseline:.4g}",
+            f"{self.current:.4g}", f"{self.change:+.4g} ± {self.standard_error:.2g}",
+            f"{self.p_holm:.3g}", "" if self.threshold is None else f"{self.threshold:g}",
+        ]  # fmt: skip
 
     @property
     def label(self) -> str:
@@ -64,19 +71,11 @@ class Comparison:
 
     def lines(self) -> list[str]:
         """A plain-text table: gated rows first, then the rest."""
-        rows = sorted(self.changes, key=lambda c: c.threshold is None)
-        out = [
-            f"{'metric':<22} {'condition':<20} {'method':<16} {'baseline':>9} {'current':>9} "
-            f"{'change':>19} {'p (Holm)':>9} {'threshold':>9}"
-        ]
-        for c in rows:
-            change = f"{c.change:+.4g} ± {c.standard_error:.2g}"
-            threshold = "" if c.threshold is None else f"{c.threshold:g}"
-            out.append(
-                f"{c.metric:<22} {c.condition:<20} {c.method:<16} {c.baseline:>9.4g} "
-                f"{c.current:>9.4g} {change:>19} {c.p_holm:>9.3g} {threshold:>9}"
-                + ("  REGRESSED" if c.regressed else "")
-            )
+        widths = (-22, -20, -16, 9, 9, 19, 9, 9)
+        header = ["metric", "condition", "method", "baseline", "current", "change", "p (Holm)"]
+        out = [_row([*header, "threshold"], widths)]
+        for c in sorted(self.changes, key=lambda c: c.threshold is None):
+            out.append(_row(c.cells(), widths) + ("  REGRESSED" if c.regressed else ""))
         return out
 
     def verdict(self) -> str:
@@ -101,11 +100,7 @@ class Comparison:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         table += [
-            f"| {c.metric} | {c.condition} | {c.method} | {c.baseline:.4g} | {c.current:.4g} "
-            f"| {c.change:+.4g} ± {c.standard_error:.2g} | {c.p_holm:.3g} "
-            f"| {'' if c.threshold is None else f'{c.threshold:g}'} "
-            f"| {'**yes**' if c.regressed else ''} |"
-            for c in rows
+            "| " + " | ".join([*c.cells(), "**yes**" if c.regressed else ""]) + " |" for c in rows
         ]
         notes = "".join(f"\n- {n}" for n in self.notes)
         legend = (
@@ -113,6 +108,18 @@ class Comparison:
             f"current audit is worse, Holm-corrected across methods (alpha {self.alpha:g})."
         )
         return head + "\n" + "\n".join(table) + legend + notes
+
+
+def _row(cells: list[str], widths: tuple[int, ...]) -> str:
+    """Cells padded to `widths` (negative: left-aligned)."""
+    return " ".join(
+        f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)
+    )
+
+
+def worsening(metric: str, change: float) -> float:
+    """How much worse a change (current - baseline) of `metric` is (negative: better)."""
+    return -change if HIGHER_IS_BETTER[metric] else change
 
 
 def check_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
@@ -169,6 +176,7 @@ def compare_stores(
             f"{baseline} and {current} share {samples.size} sample(s); a paired comparison "
             "needs at least 2: audit one data selection (same data, selection and seed)"
         )
+    left_out = len(ma["sample"]) + len(mb["sample"]) - 2 * samples.size
     ma, mb = ma.sel(sample=samples), mb.sel(sample=samples)
     tables_a = {(v, c): da for v, c, da in metric_conditions(ma)}
     tables_b = {(v, c): da for v, c, da in metric_conditions(mb)}
@@ -182,28 +190,23 @@ def compare_stores(
     changes: list[Change] = []
     for key in (k for k in tables_b if k in tables_a):
         changes += _table(*key, tables_a[key], tables_b[key], thresholds.get(key[0]), alpha)
-    notes = []
-    only = sorted(set(ma["sample"].values) ^ set(mb["sample"].values))
-    if len(only):
-        notes.append(f"{len(only)} sample(s) scored in only one store are left out")
+    notes = [f"{left_out} sample(s) scored in only one store are left out"] if left_out else []
     return Comparison(baseline, current, changes, alpha, notes)
 
 
 def _table(metric, condition, da_a, da_b, threshold, alpha) -> list[Change]:
     """The changes of every method both tables hold, Holm-corrected across them."""
-    higher_is_better = HIGHER_IS_BETTER[metric]
     methods = [str(m) for m in da_b["method"].values if m in set(da_a["method"].values)]
     rows = []
     for m in methods:
         va, vb = da_a.sel({"method": m}).values, da_b.sel({"method": m}).values
-        test = paired_test(vb, va, higher_is_better=not higher_is_better)  # H1: current worse
+        test = paired_test(vb, va, not HIGHER_IS_BETTER[metric])  # H1: current is worse
         if test["n"]:
             rows.append((m, summary(va)["mean"], summary(vb)["mean"], test))
     out = []
     for (m, mean_a, mean_b, t), p in zip(rows, holm([r[3]["p_value"] for r in rows]), strict=True):
         d = t["mean_difference"]
-        worsening = -d if higher_is_better else d
-        regressed = threshold is not None and worsening > threshold and p < alpha
+        regressed = threshold is not None and worsening(metric, d) > threshold and p < alpha
         out.append(
             Change(
                 metric,
@@ -218,6 +221,6 @@ def _table(metric, condition, da_a, da_b, threshold, alpha) -> list[Change]:
                 t["n"],
                 threshold,
                 bool(regressed),
-            )
+            )  # fmt: skip
         )
     return out

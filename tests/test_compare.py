@@ -122,6 +122,17 @@ def test_bad_thresholds_fail_naming_the_fix(baseline, capsys, args, words):
     assert words in capsys.readouterr().err
 
 
+def test_only_the_shared_samples_are_paired(tmp_path):
+    first = {**SPEC, "selection": {"mode": "first", "n": 6}, "methods": {"grad": {}}}
+    six, four = str(tmp_path / "six"), str(tmp_path / "four")
+    audit_direct(parse_spec({**first, "store": {"url": six}}), progress=False)
+    audit_direct(parse_spec({**first, "limit": 4, "store": {"url": four}}), progress=False)
+    comparison = compare_stores(six, four)
+    assert [(c.method, c.n, c.change) for c in comparison.changes] == [("grad", 4, 0.0)]
+    assert comparison.notes == ["2 sample(s) scored in only one store are left out"]
+    assert comparison.changes[0].baseline == pytest.approx(fidelity(four)["grad"].mean())
+
+
 def test_stores_without_metrics_or_of_other_data_are_refused(baseline, tmp_path, capsys):
     assert main(["compare", baseline, str(tmp_path / "nothing")]) == 2
     assert "no salaudit store at" in capsys.readouterr().err

@@ -4,6 +4,7 @@ checkpoint prefix."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -104,27 +105,22 @@ def run(args: list, env: dict[str, str], timeout: float = 120) -> str:
     return out.stdout + out.stderr
 
 
+@contextlib.contextmanager
 def client(api: str):
+    """A Prefect client of the server at `api`, in this process."""
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    class Client:
-        def __enter__(self):
-            self.settings = temporary_settings(updates={PREFECT_API_URL: api})
-            self.settings.__enter__()
-            self.inner = get_client(sync_client=True).__enter__()
-            return self.inner
-
-        def __exit__(self, *exc):
-            self.inner.__exit__(*exc)
-            self.settings.__exit__(*exc)
-
-    return Client()
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as c:
+        yield c
 
 
-def deploy_and_run_once(api, env, spec_path: Path, name: str) -> UUID:
+def deploy_and_run_once(env, spec_path: Path, name: str, *options: str) -> UUID:
     """`salaudit deploy`, `prefect deployment run`, then a process worker's --run-once."""
-    run([BIN / "salaudit", "deploy", spec_path, "--name", name, "--pool", POOL], env)
+    out = run(
+        [BIN / "salaudit", "deploy", spec_path, "--name", name, "--pool", POOL, *options], env
+    )
+    assert f"in work pool {POOL}" in out
     out = run([BIN / "prefect", "deployment", "run", f"salaudit-scheduled-audit/{name}"], env)
     run_id = UUID(re.search(r"UUID: ([0-9a-f-]{36})", out).group(1))
     run([BIN / "prefect", "worker", "start", "--pool", POOL, "--run-once"], env, timeout=600)
@@ -157,15 +153,7 @@ def nightly(server, tmp_path_factory):
     env = environment(server, root / "home")
     spec = {**SPEC, "store": {"url": str(root / "store")}}
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
-    out = run(
-        [BIN / "salaudit", "deploy", root / "spec.yaml", "--name", "nightly", "--cron"]
-        + ["0 2 * * *", "--pool", POOL],
-        env,
-    )
-    assert f"in work pool {POOL}" in out
-    out = run([BIN / "prefect", "deployment", "run", "salaudit-scheduled-audit/nightly"], env)
-    run_id = UUID(re.search(r"UUID: ([0-9a-f-]{36})", out).group(1))
-    run([BIN / "prefect", "worker", "start", "--pool", POOL, "--run-once"], env, timeout=600)
+    run_id = deploy_and_run_once(env, root / "spec.yaml", "nightly", "--cron", "0 2 * * *")
     return {"run_id": run_id, "store": str(root / "store"), "env": env, "root": root}
 
 
@@ -232,7 +220,7 @@ def test_a_regression_against_the_baseline_fails_the_run_and_the_cli(server, nig
     spec = {**SPEC, "store": {"url": nightly["store"]}, "compare": compare}
     (root / "gate.yaml").write_text(yaml.safe_dump(spec))
 
-    run_id = deploy_and_run_once(server, nightly["env"], root / "gate.yaml", "gate")
+    run_id = deploy_and_run_once(nightly["env"], root / "gate.yaml", "gate")
     with client(server) as c:
         assert c.read_flow_run(run_id).state.type.value == "FAILED"
     child = audit_subflow(server, run_id)
