@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from common import Bench, floor, timed
 
-from salaudit import metrics
-from salaudit.attacks import ATTACKS
-from salaudit.saliency import Context, grad
+import salaudit as metrics
+from salaudit.attacks.catalogue import attacks
+from salaudit.methods.gradients import Context, grad
 
 STEPS = 20
 RADII = (2, 8, 32)
@@ -35,7 +35,7 @@ def main() -> None:
         return Context([f"{k}/grad" for k in keys], bench.micro_batch)
 
     def topk(rows):
-        return ATTACKS["topk"](
+        return attacks()["topk"].fn(
             model,
             x[rows],
             target[rows],
@@ -45,7 +45,7 @@ def main() -> None:
         )
 
     def pgd(rows):
-        return ATTACKS["pgd"](
+        return attacks()["pgd"].fn(
             model,
             x[rows],
             target[rows],

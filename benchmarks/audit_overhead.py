@@ -17,9 +17,10 @@ import tempfile
 import time
 from datetime import date
 
-from salaudit.audit import audit_direct
-from salaudit.auditspec import parse_spec
-from salaudit.flows.audit import prefect_api, run_audit
+from salaudit.flows.audit import run_audit
+from salaudit.flows.server import prefect_api
+from salaudit.pipeline.audit import audit_direct
+from salaudit.pipeline.spec import parse_spec
 
 
 def spec(url: str, images: int, shard: int, workers: int | None = None) -> dict:

@@ -11,9 +11,9 @@ from datetime import date
 import torch
 
 from salaudit import load_dataset, load_model
-from salaudit.batching import micro_batch_size
-from salaudit.layers import forward_to
-from salaudit.selection import Selection, select_samples
+from salaudit.engine.batching import micro_batch_size
+from salaudit.engine.layers import forward_to
+from salaudit.inputs.selection import Selection, select_samples
 
 BATCHES = (8, 16, 32, 64, 128, 256, 512)
 

@@ -15,7 +15,7 @@ from datetime import date
 import torch
 
 from salaudit import load_dataset, load_model
-from salaudit.decoys import DecoyConfig, make_decoys
+from salaudit.methods.decoys import DecoyConfig, make_decoys
 
 
 def main() -> None:

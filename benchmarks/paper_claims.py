@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from salaudit.attack_stage import attack
-from salaudit.evaluate import evaluate
-from salaudit.explain import ExplainConfig, explain
-from salaudit.selection import Selection
-from salaudit.stats import HIGHER_IS_BETTER, compare, paired_test
+from salaudit.metrics.catalogue import higher_is_better
+from salaudit.metrics.stats import compare, paired_test
+from salaudit.pipeline.attack import attack
+from salaudit.pipeline.evaluate import evaluate
+from salaudit.pipeline.explain import explain
+from salaudit.pipeline.spec import parse_spec
 
 BASES = ("grad", "ig", "smoothgrad")
 DANCE = tuple(f"dance-{b}" for b in BASES)
@@ -40,18 +41,16 @@ def run_pipeline(args) -> str:
     params = {"ig": {"n_steps": args.ig_steps}, "dance-ig": {"n_steps": args.ig_steps}}
     params |= {m: {"n_samples": args.sg_samples} for m in ("smoothgrad", "dance-smoothgrad")}
     params["big"] = {"n_steps": args.ig_steps}
-    config = ExplainConfig(
-        model="builtin:digit-scenes-cnn",
-        data="builtin:digit-scenes",
-        methods=methods,
-        store=args.store,
-        selection=Selection("random", args.images, seed=0),
-        keep_decoys=True,
-        fresh=args.fresh,
-        method_params=params,
+    spec = parse_spec(
+        {
+            "methods": {m: params.get(m, {}) for m in methods},
+            "selection": {"mode": "random", "n": args.images},
+            "keep_decoys": True,
+            "store": {"url": args.store},
+        }
     )
     stamp = time.perf_counter()
-    explain(config, progress=True)
+    explain(spec, fresh=args.fresh, progress=True)
     print(f"explain: {time.perf_counter() - stamp:.0f} s", flush=True)
     stamp = time.perf_counter()
     steps = {a.split("@")[0]: {"steps": args.attack_steps} for a in GHORBANI}
@@ -65,13 +64,14 @@ def run_pipeline(args) -> str:
 
 
 def table(ds: xr.Dataset, var: str, pairs, condition: dict | None = None) -> list[dict]:
-    """One table of `salaudit.stats.compare` on the stored metric `var` (under `condition`)."""
+    """One table of `salaudit.metrics.stats.compare` on the stored metric `var` (under
+    `condition`)."""
     da = ds[var].astype("float64").sel(condition or {})
-    return compare(lambda m: da.sel({"method": m}).values, pairs, HIGHER_IS_BETTER[var])
+    return compare(lambda m: da.sel({"method": m}).values, pairs, higher_is_better(var))
 
 
 def markdown(title: str, var: str, rows: list[dict]) -> str:
-    better = "higher" if HIGHER_IS_BETTER.get(var, True) else "lower"
+    better = "higher" if higher_is_better(var) else "lower"
     out = [
         f"#### {title}",
         "",

@@ -18,9 +18,9 @@ from captum.attr import IntegratedGradients
 from common import Bench, floor, timed
 
 from salaudit import get_method
-from salaudit.boundary import BoundaryConfig, find_boundary
-from salaudit.relex import scaled_l1, scaled_lr
-from salaudit.saliency import Context
+from salaudit.methods.boundary_search import BoundaryConfig, find_boundary
+from salaudit.methods.gradients import Context
+from salaudit.methods.relex import scaled_l1, scaled_lr
 
 
 class RowCounter:

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from salaudit import load_dataset, load_model
-from salaudit.boundary import BoundaryConfig, find_boundary
-from salaudit.relex import relex, scaled_l1
-from salaudit.saliency import Context
-from salaudit.selection import Selection, select_samples
+from salaudit.inputs.selection import Selection, select_samples
+from salaudit.methods.boundary_search import BoundaryConfig, find_boundary
+from salaudit.methods.gradients import Context
+from salaudit.methods.relex import relex, scaled_l1
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from support import closest_linear_boundary  # noqa: E402

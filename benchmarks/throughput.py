@@ -15,8 +15,8 @@ from captum.attr import IntegratedGradients, Saliency
 from common import Bench, floor, timed
 
 from salaudit import get_method
-from salaudit.decoys import make_decoys
-from salaudit.saliency import Context
+from salaudit.methods.decoys import make_decoys
+from salaudit.methods.gradients import Context
 
 
 def main() -> None:

@@ -8,12 +8,9 @@ import os
 import sys
 
 from salaudit.errors import SalauditError
+from salaudit.pipeline.spec import AuditSpec
 
-DEFAULT_MODEL = "builtin:digit-scenes-cnn"
-DEFAULT_DATA = "builtin:digit-scenes"
-DEFAULT_METHODS = "grad,ig,smoothgrad,dance-grad,blur-grad"
-DEFAULT_STORE = "runs/explain"
-DEFAULT_ATTACKS = "topk@grad,mass-center@grad,target@grad,pgd"
+DEFAULTS = AuditSpec()  # every flag's default is the spec's
 
 
 def _settings(items: list[str], what: str) -> dict[str, dict]:
@@ -23,7 +20,7 @@ def _settings(items: list[str], what: str) -> dict[str, dict]:
         head, sep, raw = item.partition("=")
         name, dot, key = head.partition(".")
         if not (sep and dot and name and key):
-            raise SystemExit(f"salaudit: error: bad {what} {item!r}; write NAME.KEY=VALUE")
+            raise SalauditError(f"bad {what} {item!r}; write NAME.KEY=VALUE")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -37,20 +34,28 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="compute saliency maps of a data set into a store")
-    e.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
-    e.add_argument("--data", default=DEFAULT_DATA, help=f"data spec (default {DEFAULT_DATA})")
-    e.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated method names")
-    e.add_argument("--limit", type=int, default=16, help="number of samples (default 16)")
+    e.add_argument("--model", help=f"model spec (default {DEFAULTS.model})")
+    e.add_argument("--data", help=f"data spec (default {DEFAULTS.data})")
+    e.add_argument(
+        "--methods",
+        help="comma-separated method names (default the default audit's: "
+        f"{','.join(DEFAULTS.methods)}, with its parameters and decoy settings)",
+    )
+    e.add_argument("--limit", type=int, help=f"number of samples (default {DEFAULTS.selection.n})")
     e.add_argument(
         "--select",
-        default="random",
-        help="first | random | stratified | correct, or MODE+correct (default random)",
+        help="first | random | stratified | correct, or MODE+correct (default "
+        f"{DEFAULTS.selection.mode})",
     )
-    e.add_argument("--store", default=DEFAULT_STORE, help="local path or s3:// URL")
+    e.add_argument("--store", help=f"local path or s3:// URL (default {DEFAULTS.store.url})")
     e.add_argument("--keep-decoys", action="store_true", help="store decoy populations")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, help=f"default {DEFAULTS.seed}")
     e.add_argument("--fresh", action="store_true", help="delete the store's contents first")
-    e.add_argument("--shard-size", type=int, default=16, help="samples per region and chunk")
+    e.add_argument(
+        "--shard-size",
+        type=int,
+        help=f"samples per region and chunk (default {DEFAULTS.shard_size})",
+    )
     e.add_argument(
         "--param",
         action="append",
@@ -75,16 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     a = sub.add_parser("attack", help="attack a store's images and recompute its maps on them")
-    a.add_argument("--store", default=DEFAULT_STORE, help="the store of an explain run")
+    a.add_argument("--store", default=DEFAULTS.store.url, help="the store of an explain run")
     a.add_argument(
         "--attacks",
-        default=DEFAULT_ATTACKS,
-        help=f"comma-separated ATTACK@METHOD and pgd (default {DEFAULT_ATTACKS})",
+        help="comma-separated ATTACK@METHOD and pgd (default the default audit's: "
+        f"{','.join(DEFAULTS.attacks)}, with its parameters and radii)",
     )
     a.add_argument(
         "--radii",
         default=None,
-        help="pgd's L_inf radii in units of 1/255 of the range (default 1,2,4,8,16,32)",
+        help="pgd's L_inf radii in units of 1/255 of the range (default: the attacks' own)",
     )
     a.add_argument(
         "--methods",
@@ -100,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     v = sub.add_parser("evaluate", help="score a store's maps and attacks; statistics")
-    v.add_argument("--store", default=DEFAULT_STORE, help="the store of an explain run")
+    v.add_argument("--store", default=DEFAULTS.store.url, help="the store of an explain run")
     v.add_argument(
         "--metrics",
         default=None,
@@ -135,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--limit", type=int, help="as salaudit audit --limit")
 
     r = sub.add_parser("report", help="write a store's HTML report (tables, statistics, figures)")
-    r.add_argument("--store", default=DEFAULT_STORE, help="local path or s3:// URL of the store")
+    r.add_argument(
+        "--store", default=DEFAULTS.store.url, help="local path or s3:// URL of the store"
+    )
     r.add_argument("--out", help="folder or s3:// URL for the report (default: <store>-report)")
 
     c = sub.add_parser(
@@ -180,34 +187,54 @@ def _parser() -> argparse.ArgumentParser:
     v2.add_argument("--cron", help='a cron schedule, e.g. "0 2 * * *"')
 
     s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
-    s.add_argument("--store", default=DEFAULT_STORE)
+    s.add_argument("--store", default=DEFAULTS.store.url)
     s.add_argument("--sample", type=int, required=True, help="dataset index of the sample")
     s.add_argument("--out", required=True, help="PNG file to write")
     return p
 
 
-def _explain(args: argparse.Namespace) -> None:
-    from salaudit.explain import ExplainConfig, explain
-    from salaudit.selection import Selection
+def _explain_spec(args: argparse.Namespace) -> AuditSpec:
+    """The spec the explain flags say: the default audit's fields where a flag is not given."""
+    from salaudit.inputs.selection import Selection
+    from salaudit.pipeline.spec import parse_spec
 
-    config = ExplainConfig(
-        model=args.model,
-        data=args.data,
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-        store=args.store,
-        selection=Selection.parse(args.select, args.limit, args.seed),
-        keep_decoys=args.keep_decoys,
-        device=args.device,
-        seed=args.seed,
-        fresh=args.fresh,
-        shard_size=args.shard_size,
-        method_params=_settings(args.param, "--param"),
-        decoy_params=_settings(args.decoy, "--decoy"),
-        boundary_params=_settings([f"boundary.{b}" for b in args.boundary], "--boundary").get(
-            "boundary", {}
-        ),
-    )
-    out = explain(config, progress=not args.quiet)
+    data = DEFAULTS.model_dump(mode="json")
+    given = {"model": args.model, "data": args.data, "seed": args.seed}
+    data |= {k: v for k, v in given.items() if v is not None}
+    if args.shard_size is not None:
+        data["shard_size"] = args.shard_size
+    data["keep_decoys"] = args.keep_decoys
+    data["device"] = args.device
+    if args.store:
+        data["store"]["url"] = args.store
+    if args.limit is not None or args.select:
+        chosen = Selection.parse(args.select or DEFAULTS.selection.mode, args.limit)
+        n = args.limit if args.limit is not None else DEFAULTS.selection.n
+        data["selection"] = {"mode": chosen.mode, "n": n, "correct_only": chosen.correct_only}
+    params, decoys = _settings(args.param, "--param"), _settings(args.decoy, "--decoy")
+    boundary = _settings([f"boundary.{b}" for b in args.boundary], "--boundary").get("boundary")
+    if args.methods:  # own methods: only the settings the flags give
+        data["methods"] = {m.strip(): {} for m in args.methods.split(",") if m.strip()}
+        data["decoys"], data["boundary"] = {}, {}
+    unknown = sorted(set(params) - set(data["methods"]))
+    if unknown:
+        raise SalauditError(
+            f"--param for {', '.join(unknown)}, which is not among the methods "
+            f"({', '.join(data['methods'])}); add it to --methods"
+        )
+    for name, p in params.items():
+        data["methods"][name] = {**data["methods"][name], **p}
+    for generator, d in decoys.items():
+        data["decoys"][generator] = {**data["decoys"].get(generator, {}), **d}
+    if boundary:
+        data["boundary"] = {**data["boundary"], **boundary}
+    return parse_spec(data, "the explain flags")
+
+
+def _explain(args: argparse.Namespace) -> None:
+    from salaudit.pipeline.explain import explain
+
+    out = explain(_explain_spec(args), fresh=args.fresh, progress=not args.quiet)
     print(
         f"salaudit: {out['samples']} samples x {len(out['methods'])} methods "
         f"({', '.join(out['methods'])}) on {out['device']}; {out['computed']} map regions "
@@ -235,14 +262,22 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _attack(args: argparse.Namespace) -> None:
-    from salaudit.attack_stage import attack
+    from salaudit.pipeline.attack import attack
+    from salaudit.pipeline.spec import parse_spec
 
-    radii = [float(r) for r in _names(args.radii)] if args.radii else None
+    data = DEFAULTS.model_dump(mode="json")
+    if args.attacks:  # own attacks: only the parameters and radii the flags give
+        data |= {"attacks": _names(args.attacks), "attack_params": {}, "radii": None}
+    for name, p in _settings(args.param, "--param").items():
+        data["attack_params"][name] = {**data["attack_params"].get(name, {}), **p}
+    if args.radii:
+        data["radii"] = [float(r) for r in _names(args.radii)]
+    spec = parse_spec(data, "the attack flags")
     out = attack(
         args.store,
-        _names(args.attacks),
-        params=_settings(args.param, "--param"),
-        radii=radii,
+        spec.attacks,
+        params=spec.attack_params,
+        radii=spec.radii,
         methods=_names(args.methods),
         device=args.device,
         progress=not args.quiet,
@@ -264,7 +299,8 @@ def _attack(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from salaudit.evaluate import evaluate
+    from salaudit.pipeline.evaluate import evaluate
+    from salaudit.report.tables import comparisons_table
 
     out = evaluate(args.store, _names(args.metrics), device=args.device, progress=not args.quiet)
     print(
@@ -273,12 +309,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     for note in out["notes"]:
         print(f"salaudit: {note}")
-    print(out["table"])
+    if len(out["table"]["metric"]):
+        print(comparisons_table(out["table"]).text())
+    else:
+        print("salaudit: no method pairs to compare (e.g. dance-grad with grad)")
     print(f"salaudit: metrics and statistics in {out['store']}/metrics and {out['store']}/stats")
 
 
 def _report(args: argparse.Namespace) -> None:
-    from salaudit.report import write_report
+    from salaudit.report.html import write_report
 
     report = write_report(args.store, args.out)
     print(f"salaudit: report of {args.store} in {report.location}")
@@ -287,14 +326,14 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
-    from salaudit.display import show_sample
+    from salaudit.report.display import show_sample
 
     names = show_sample(args.store, args.sample, args.out)
     print(f"salaudit: wrote {args.out} (image and {len(names)} maps: {', '.join(names)})")
 
 
 def _spec(args: argparse.Namespace):
-    from salaudit.auditspec import load_spec, parse_spec
+    from salaudit.pipeline.spec import load_spec, parse_spec
 
     spec = load_spec(args.spec)
     overrides = {
@@ -312,7 +351,8 @@ def _spec(args: argparse.Namespace):
 def _audit(args: argparse.Namespace) -> None:
     import logging
 
-    from salaudit.flows.audit import prefect_api, run_audit
+    from salaudit.flows.audit import run_audit
+    from salaudit.flows.server import prefect_api
 
     spec = _spec(args).for_checkpoint(None)  # {checkpoint} is filled by a trigger only
     if args.quiet or not args.verbose:  # the progress bar says it; the Prefect UI has the logs
@@ -339,8 +379,8 @@ def _audit(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from salaudit.auditspec import load_spec
-    from salaudit.compare import compare_stores
+    from salaudit.pipeline.spec import load_spec
+    from salaudit.report.compare import compare_stores
 
     spec = load_spec(args.spec) if args.spec else None
     thresholds = (dict(spec.compare.thresholds) if spec else {}) | _thresholds(args.threshold)
@@ -390,7 +430,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _init(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from salaudit.auditspec import DEFAULT_SPEC
+    from salaudit.pipeline.spec import DEFAULT_SPEC
 
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -400,9 +440,9 @@ def _init(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from salaudit.audit import estimate
-    from salaudit.data import load_dataset
-    from salaudit.flows.audit import worker_count, worker_threads
+    from salaudit.flows.cluster import worker_count, worker_threads
+    from salaudit.inputs.data import load_dataset
+    from salaudit.pipeline.estimate import estimate
 
     spec = _spec(args)
     n = min(spec.sample_selection().n or 10**12, len(load_dataset(spec.data)))

@@ -23,11 +23,11 @@ from prefect.exceptions import ObjectNotFound
 from prefect.types.entrypoint import EntrypointType
 from prefect.variables import Variable
 
-from salaudit.auditspec import AuditSpec, parse_spec
-from salaudit.checkpoints import Watermark, list_checkpoints, new_checkpoints
 from salaudit.errors import SalauditError
 from salaudit.flows.audit import run_audit
-from salaudit.io import is_remote
+from salaudit.inputs.uris import is_remote
+from salaudit.pipeline.spec import AuditSpec, parse_spec
+from salaudit.store.checkpoints import Watermark, list_checkpoints, new_checkpoints
 
 CHECKPOINT_EVENT = "salaudit.checkpoint.created"
 DEFAULT_POOL = "salaudit-gpu"

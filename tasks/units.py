@@ -22,10 +22,10 @@ import torch
 from prefect import task
 from prefect.runtime import task_run
 
-from salaudit.audit import Unit, attach_run, device_name, run_unit
-from salaudit.auditspec import AuditSpec
 from salaudit.errors import SalauditError
-from salaudit.explain import Run
+from salaudit.pipeline.audit import AuditPlan, Unit, attach_audit, device_name, run_unit
+from salaudit.pipeline.run import Run
+from salaudit.pipeline.spec import AuditSpec
 from salaudit.version import __version__
 
 NOT_IDENTITY = {"cluster", "workers", "device", "retries", "lease_wait", "report"}
@@ -42,11 +42,16 @@ TRANSIENT_NAMES = {
 
 @cache
 def code_version() -> str:
-    """The package version and a digest of its source: a changed line is another version."""
+    """The package version and a digest of the library's and the tasks' source (every module of
+    every subpackage): a changed line is another version."""
     digest = hashlib.sha256(__version__.encode())
     for package in ("salaudit", "salaudit.tasks"):
         folder = Path(__import__(package, fromlist=["_"]).__file__).parent
-        for path in sorted(folder.glob("*.py")):
+        for path in sorted(folder.rglob("*.py")):
+            inside = path.relative_to(folder)
+            if package == "salaudit" and inside.parts[0] in ("tasks", "flows"):
+                continue  # a wheel puts them inside the package: tasks counted on their own
+            digest.update(str(inside).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -81,9 +86,10 @@ def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
 
 
 @cache
-def _attached(spec_json: str) -> Run:
-    """The run of a spec in this worker process: the model and data load once."""
-    return attach_run(AuditSpec.model_validate_json(spec_json))
+def _attached(spec_json: str) -> tuple[Run, AuditPlan]:
+    """The run and plan of a spec in this worker process: the model and data load once, the
+    audit is planned once."""
+    return attach_audit(AuditSpec.model_validate_json(spec_json))
 
 
 def _set_threads(threads: int | None) -> None:
@@ -93,7 +99,7 @@ def _set_threads(threads: int | None) -> None:
 
 @task(
     name="audit-unit",
-    task_run_name="{unit[stage]}[{unit[start]}:{unit[stop]}]",
+    task_run_name="{unit[label]}",
     cache_key_fn=unit_cache_key,
     persist_result=True,
     retries=2,
@@ -106,18 +112,17 @@ def audit_unit(
 ) -> dict[str, Any]:
     """Fill one unit of the audit; returns what it computed and where it ran."""
     _set_threads(threads)
-    parsed = AuditSpec.model_validate(spec)
-    run = _attached(parsed.model_dump_json())
+    run, plan = _attached(AuditSpec.model_validate(spec).model_dump_json())
     attempt = task_run.run_count or 1
     if attempt > 1:  # a retry after CUDA ran out of memory runs in smaller micro-batches
         run = dataclasses.replace(run, micro_batch=max(1, run.micro_batch >> (attempt - 1)))
-    out = run_unit(run, parsed, Unit(**{**unit, "names": tuple(unit["names"])}))
+    out = run_unit(run, plan, Unit.from_dict(unit))
     return {**out, "pid": os.getpid(), "attempt": attempt, "device": device_name(run.device)}
 
 
 @task(name="report", persist_result=False)
 def write_report_task(url: str, out: str, storage_options: dict[str, Any] | None = None):
     """The audit's HTML report (in the flow's process: it reads only the store)."""
-    from salaudit.report import write_report
+    from salaudit.report.html import write_report
 
     return write_report(url, out, storage_options)

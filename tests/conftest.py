@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from salaudit import load_dataset, load_model
-from salaudit.selection import Selection, select_samples
+from salaudit.inputs.selection import Selection, select_samples
 
 
 @pytest.fixture(scope="session")

@@ -75,3 +75,36 @@ def poisoned_cnn() -> nn.Module:
     net = Poisoned()
     net.input_shape = (3, 32, 32)
     return net
+
+
+def explain_spec(
+    store,
+    methods,
+    *,
+    model: str = "builtin:digit-scenes-cnn",
+    data: str = "builtin:digit-scenes",
+    n: int = 4,
+    mode: str = "random",
+    seed: int = 0,
+    params: dict | None = None,
+    decoys: dict | None = None,
+    boundary: dict | None = None,
+    **fields,
+):
+    """The spec of an explain run of `methods` (with their `params`) into `store`, on the CPU."""
+    from salaudit.pipeline.spec import parse_spec
+
+    return parse_spec(
+        {
+            "model": model,
+            "data": data,
+            "methods": {m: dict((params or {}).get(m, {})) for m in methods},
+            "decoys": decoys or {},
+            "boundary": boundary or {},
+            "selection": {"mode": mode, "n": n},
+            "seed": seed,
+            "store": {"url": str(store)},
+            "device": "cpu",
+            **fields,
+        }
+    )

@@ -7,15 +7,19 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from test_cli import FAST, explain_16, salaudit
+from test_cli import explain_16, fast, salaudit
 
-from salaudit import saliency
-from salaudit.attacks import ATTACKS, parse_attack
-from salaudit.differentiable import DIFFERENTIABLE, DifferentiableMap, softplus_copy
+from salaudit.attacks.catalogue import attacks, parse_attack
 from salaudit.errors import SalauditError
 from salaudit.flows.cli import main
-from salaudit.models import PixelModel
-from salaudit.saliency import Context, gauss_legendre
+from salaudit.inputs.models import PixelModel
+from salaudit.methods import gradients as saliency
+from salaudit.methods.differentiable import (
+    DifferentiableMap,
+    differentiable_methods,
+    softplus_copy,
+)
+from salaudit.methods.gradients import Context, gauss_legendre
 from support import tiny_conv
 
 BUDGET = 8 / 255
@@ -42,7 +46,7 @@ def _map_with_graph(model, x, target, name: str, n_steps: int):
     return g * x if name == "gradxinput" else g
 
 
-@pytest.mark.parametrize("name", DIFFERENTIABLE)
+@pytest.mark.parametrize("name", differentiable_methods())
 def test_differentiable_maps_equal_the_methods_and_their_gradients_autograd(name, model, batch64):
     x, target, idx = (v[:6] for v in batch64)
     params = {"ig": {"n_steps": 8}, "smoothgrad": {"n_samples": 4}}.get(name, {})
@@ -104,7 +108,7 @@ def _objective(name: str, e0: torch.Tensor, e1: torch.Tensor) -> np.ndarray:
 
 
 def _check_ghorbani(name: str, model, x, target, idx, steps: int) -> float:
-    result = ATTACKS[name](model, x, target, "grad", _ctx(idx, "grad"), steps=steps)
+    result = attacks()[name].fn(model, x, target, "grad", _ctx(idx, "grad"), steps=steps)
     adv = result.image
     assert (adv - x).abs().max() <= BUDGET + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
@@ -132,7 +136,7 @@ def test_ghorbani_acceptance_64_images_default_steps(name, model, batch64):
 def test_pgd_success_rises_with_the_radius(model, batch64):
     x, target, idx = batch64
     radii = (1, 2, 4, 8, 16, 32)
-    result = ATTACKS["pgd"](model, x, target, None, _ctx(idx, "pgd"), radii=radii)
+    result = attacks()["pgd"].fn(model, x, target, None, _ctx(idx, "pgd"), radii=radii)
     assert result.image.shape == (64, 6, 3, 32, 32)
     eps = torch.tensor(radii).float().view(1, -1, 1, 1, 1) / 255
     assert ((result.image - x[:, None]).abs() <= eps + 1e-6).all()
@@ -147,7 +151,7 @@ def test_pgd_success_rises_with_the_radius(model, batch64):
 def test_manipulate_moves_the_map_towards_the_target_map(model, batch64):
     x, target, idx = (v[:8] for v in batch64)
     x_target = batch64[0][8:16]
-    result = ATTACKS["manipulate"](
+    result = attacks()["manipulate"].fn(
         model, x, target, "grad", _ctx(idx, "grad"), x_target=x_target, steps=60
     )
     with torch.no_grad():
@@ -174,6 +178,9 @@ def test_attack_names_and_methods_without_a_gradient():
         parse_attack("blur@grad")
 
 
+ATTACKS4 = "topk@grad,mass-center@grad,target@grad,pgd"
+
+
 def _arrays(store: str) -> dict[str, np.ndarray]:
     tree = xr.open_datatree(store, engine="zarr", chunks=None)
     return {
@@ -193,7 +200,7 @@ def test_attack_and_evaluate_stages_write_groups_xarray_reads_and_rerun_changes_
     store = str(tmp_path / "s")
     explain = ["explain", "--methods", "grad,ig", "--limit", "4", "--store", store, "--quiet"]
     assert main([*explain, "--shard-size", "2", "--param", "ig.n_steps=8"]) == 0
-    attack = ["attack", "--store", store, "--quiet", "--radii", "2,32"]
+    attack = ["attack", "--store", store, "--quiet", "--radii", "2,32", "--attacks", ATTACKS4]
     attack += [f"--param={a}.steps=5" for a in ("topk", "target", "mass-center")]
     assert main(attack) == 0
     assert main(["evaluate", "--store", store, "--quiet"]) == 0
@@ -227,7 +234,7 @@ def test_attack_and_evaluate_stages_write_groups_xarray_reads_and_rerun_changes_
     assert stats.sizes["comparison"] == 0  # grad and ig are not a pair of METHODS.md
 
     # a later explain adds a method; evaluate extends the tables without touching the rest
-    assert main([*explain, "--methods", "dance-grad", "--keep-decoys", *FAST]) == 0
+    assert main([*explain, "--methods", "dance-grad", "--keep-decoys", *fast("dance-grad")]) == 0
     metrics = "fidelity,decoy_validity"
     assert main(["evaluate", "--store", store, "--quiet", "--metrics", metrics]) == 0
     tree = xr.open_datatree(store, engine="zarr", chunks=None)
@@ -286,7 +293,8 @@ def test_acceptance_attack_and_evaluate_on_the_example_store(tmp_path):
     """The foundation example's store (its default methods, 16 images), attacked with the
     issue's command and evaluated; both re-run without changing anything."""
     store = str(tmp_path / "example")
-    out = explain_16("grad,ig,smoothgrad,dance-grad,blur-grad", store, *FAST)
+    methods = "grad,ig,smoothgrad,dance-grad,blur-grad"
+    out = explain_16(methods, store, *fast(methods))
     assert out.returncode == 0, out.stderr
     steps = [f"--param={a}.steps=100" for a in ("topk", "target", "mass-center")]
     attack = ["attack", "--store", store, "--quiet", *steps, "--attacks"]

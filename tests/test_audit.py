@@ -17,16 +17,17 @@ import pytest
 import xarray as xr
 import yaml
 
-from salaudit.audit import Unit, audit_direct, prepare_audit
-from salaudit.auditspec import load_spec, parse_spec
 from salaudit.errors import SalauditError
 
 # Imported here, at collection, on purpose: Prefect binds its console log handler to the
 # sys.stderr of the moment it is first imported. Imported inside a test using capsys, that is
 # the test's capture stream, closed afterwards, and every later flow fails logging to it.
-from salaudit.flows.audit import AuditFailed, cluster_environment, run_audit
-from salaudit.lease import Lease, StoreBusy
-from salaudit.store import Store
+from salaudit.flows.audit import AuditFailed, run_audit
+from salaudit.flows.cluster import cluster_environment
+from salaudit.pipeline.audit import Stage, Unit, audit_direct, prepare_audit
+from salaudit.pipeline.spec import load_spec, parse_spec
+from salaudit.store.lease import Lease, StoreBusy
+from salaudit.store.store import Store
 
 SMALL = {
     "selection": {"mode": "random", "n": 8},
@@ -98,8 +99,8 @@ def test_plan_units_and_their_dependencies(tmp_path):
     assert plan.regions == [(0, 4), (4, 8)]
     assert set(plan.groups) == {"grad", "ig", "decoys-dance"}
     assert len(units) == 2 * (1 + 3 + 2 + 1)
-    metrics = next(u for u in units if u.stage == "metrics" and u.start == 4)
-    assert {u.stage for u in plan.needs(metrics)} == {
+    metrics = next(u for u in units if u.stage is Stage.METRICS and u.start == 4)
+    assert {u.kind for u in plan.needs(metrics)} == {
         "inputs",
         "maps:grad",
         "maps:ig",
@@ -108,7 +109,7 @@ def test_plan_units_and_their_dependencies(tmp_path):
         "attack:pgd",
     }
     assert all(u.start == 4 for u in plan.needs(metrics))
-    assert plan.needs(Unit("attack:pgd", 0, 4)) == [Unit("inputs", 0, 4)]
+    assert plan.needs(Unit(Stage.ATTACK, 0, 4, "pgd")) == [Unit(Stage.INPUTS, 0, 4)]
     for u in units:  # every unit comes after what it needs
         assert all(units.index(d) < units.index(u) for d in plan.needs(u))
     # the template is laid out and nothing is computed
@@ -129,7 +130,7 @@ def test_cli_plan_prints_shards_passes_time_and_size(tmp_path, capsys):
 
 
 def test_a_missing_bucket_fails_before_any_work(bucket):
-    from salaudit.store import check_reachable
+    from salaudit.store.store import check_reachable
 
     with pytest.raises(SalauditError, match="bucket 'no-such-bucket' .* does not exist"):
         check_reachable("s3://no-such-bucket/audit")
@@ -140,7 +141,7 @@ def test_a_missing_bucket_fails_before_any_work(bucket):
 def test_an_unreachable_endpoint_or_missing_credentials_fail_naming_the_fix(monkeypatch):
     import s3fs
 
-    from salaudit.store import check_reachable
+    from salaudit.store.store import check_reachable
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
@@ -296,7 +297,7 @@ def test_flow_on_two_workers_into_s3_equals_the_library(prefect_api, bucket, dir
 def test_a_failed_shard_leaves_the_rest_and_a_rerun_recomputes_only_it(
     prefect_api, tmp_path, monkeypatch, dataset
 ):
-    from salaudit.selection import Selection, select_samples
+    from salaudit.inputs.selection import Selection, select_samples
 
     spec = small(
         str(tmp_path / "store"),
@@ -467,7 +468,7 @@ def test_the_audit_on_local_cuda_cluster_equals_the_cpu_library(
 ):
     import torch
 
-    from salaudit.flows.audit import gpu_count
+    from salaudit.flows.cluster import gpu_count
 
     if not torch.cuda.is_available() or not gpu_count():
         pytest.skip("needs a CUDA GPU that NVML finds (dask-cuda's LocalCUDACluster)")

@@ -12,12 +12,12 @@ import yaml
 import zarr
 from scipy import stats
 
-from salaudit.audit import audit_direct
-from salaudit.auditspec import parse_spec
-from salaudit.checkpoints import Watermark, list_checkpoints, new_checkpoints
-from salaudit.compare import compare_stores
 from salaudit.errors import SalauditError
 from salaudit.flows.cli import main
+from salaudit.pipeline.audit import audit_direct
+from salaudit.pipeline.spec import parse_spec
+from salaudit.report.compare import compare_stores
+from salaudit.store.checkpoints import Watermark, list_checkpoints, new_checkpoints
 
 SPEC = {
     "selection": {"mode": "random", "n": 6},

@@ -11,8 +11,8 @@ from PIL import Image
 
 from salaudit import load_dataset
 from salaudit.errors import SalauditError
-from salaudit.scenes import _digit_split, digit_scenes
-from salaudit.selection import Selection, select_samples
+from salaudit.inputs.scenes import _digit_split, digit_scenes
+from salaudit.inputs.selection import Selection, select_samples
 
 
 def test_digit_images_are_split_disjointly_before_compositing():

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from salaudit import load_model
-from salaudit.decoys import DecoyConfig, aggregate, make_decoys, masks_for, plan_masks
-from salaudit.layers import receptive_field
-from salaudit.registry import get_method
-from salaudit.saliency import Context
+from salaudit.engine.layers import receptive_field
+from salaudit.methods.decoys import DecoyConfig, aggregate, make_decoys, masks_for, pack_masks
+from salaudit.methods.gradients import Context
+from salaudit.methods.registry import get_method
 
 FAST = {"stride": 3}  # non-overlapping patches: ~9x fewer decoys than the default stride 1
 
@@ -28,7 +28,7 @@ def patches(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     [(32, 3, 1, 6, 5), (32, 3, 3, 6, 5), (20, 4, 2, 7, 3), (17, 3, 1, 4, 2)],
 )
 def test_masks_cover_every_pixel_with_spaced_patches(size, patch, stride, spacing, m):
-    plan = plan_masks(size, size, patch, stride, spacing, m)
+    plan = pack_masks(size, size, patch, stride, spacing, m)
     masks = plan.masks.numpy()
     assert masks.any(0).all(), "some pixel is in no mask"
     for mask in masks:

@@ -22,7 +22,7 @@ import yaml
 import zarr
 from browser import chromium, visit
 
-from salaudit.store import Store
+from salaudit.store.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -254,8 +254,8 @@ def test_deploy_refuses_a_bad_cron_and_a_missing_server(server, tmp_path):
 
 
 def test_a_new_checkpoint_under_a_watched_prefix_triggers_an_audit(server, bucket, tmp_path):
-    from salaudit.store import Store as S
-    from salaudit.training import builtin_checkpoint
+    from salaudit.inputs.training import builtin_checkpoint
+    from salaudit.store.store import Store as S
 
     env = environment(server, tmp_path / "home")
     fs = S(bucket).fs

@@ -276,7 +276,7 @@ def test_prefect_yaml_entrypoints_and_specs():
     pytest.importorskip("salaudit.flows.deploy")
     from prefect import Flow
 
-    from salaudit.auditspec import parse_spec
+    from salaudit.pipeline.spec import parse_spec
 
     for d in prefect_yaml()["deployments"]:
         module, attr = d["entrypoint"].split(":")

@@ -12,17 +12,15 @@ from scipy import stats as sps
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from salaudit import metrics as M
+import salaudit as M
 from salaudit.errors import SalauditError
-from salaudit.models import PixelModel
-from salaudit.saliency import grad
-from salaudit.stats import (
-    HIGHER_IS_BETTER,
-    holm,
-    method_pairs,
-    paired_test,
-    reference_methods,
-)
+from salaudit.inputs.models import PixelModel
+from salaudit.methods.gradients import grad
+from salaudit.methods.registry import method_pairs
+from salaudit.methods.registry import references as reference_methods
+from salaudit.metrics.catalogue import higher_is_better
+from salaudit.metrics.localisation import _box_mask
+from salaudit.metrics.stats import holm, paired_test
 
 
 def sig(z: float) -> float:
@@ -324,7 +322,7 @@ def test_box_convention_matches_the_data(dataset):
     box = torch.as_tensor(dataset.load(np.arange(400)).bbox)
     assert (box[:, :2] >= 0).all() and (box[:, 2:] <= 32).all() and (box[:, 2:] > box[:, :2]).all()
     assert (box[:, 2:] == 32).any()
-    inside = M._box_mask(box, len(box), 32, 32, box.device)
+    inside = _box_mask(box, len(box), 32, 32, box.device)
     assert torch.equal(inside.sum((1, 2)), (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]))
 
 
@@ -369,7 +367,7 @@ def test_quantus_agreement():
     g = torch.Generator().manual_seed(5)
     e = torch.randn(3, 1, 6, 7, generator=g)
     box = torch.tensor([[1, 2, 4, 6]] * 3)  # 3 x 4 = 12 pixels
-    seg = M._box_mask(box, 3, 6, 7, e.device)[:, None].float().numpy()
+    seg = _box_mask(box, 3, 6, 7, e.device)[:, None].float().numpy()
     x, y = np.zeros((3, 1, 6, 7), np.float32), np.zeros(3, int)
     common = {"model": None, "x_batch": x, "y_batch": y, "s_batch": seg, "channel_first": True}
     rma = quantus.RelevanceMassAccuracy(abs=False, normalise=False, disable_warnings=True)
@@ -517,5 +515,5 @@ def test_reference_methods():
     assert reference_methods("grad", available) == []
     assert ("dance-grad", "grad") in method_pairs(available)
     assert len(method_pairs(available)) == 10
-    assert HIGHER_IS_BETTER["fidelity"] is False and HIGHER_IS_BETTER["r_score"] is True
-    assert HIGHER_IS_BETTER["sanity_ssim"] is False and HIGHER_IS_BETTER["spearman"] is True
+    assert higher_is_better("fidelity") is False and higher_is_better("r_score") is True
+    assert higher_is_better("sanity_ssim") is False and higher_is_better("spearman") is True

@@ -8,8 +8,8 @@ import torchvision
 
 from salaudit import load_model
 from salaudit.errors import SalauditError
-from salaudit.models import IMAGENET_MEAN, IMAGENET_STD, fingerprint_state
-from salaudit.training import builtin_checkpoint
+from salaudit.inputs.models import IMAGENET_MEAN, IMAGENET_STD, fingerprint_state
+from salaudit.inputs.training import builtin_checkpoint
 
 
 def test_builtin_model_reaches_95_percent_on_test_scenes(model, dataset):
@@ -45,7 +45,7 @@ def test_torchvision_model_from_weights_file_works_in_pixel_space(tmp_path):
     with torch.no_grad():
         expected = net.eval()((x - mean) / std)
         assert torch.allclose(model(x), expected, atol=1e-5)
-    assert model.default_layer("gradcam") == "layer4"
+    assert model.default_layer("cam") == "layer4"
 
 
 def test_torchvision_weights_on_s3(bucket, tmp_path):

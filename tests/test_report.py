@@ -14,10 +14,10 @@ from browser import chromium, visit
 from PIL import Image
 from scipy import stats
 
-from salaudit.audit import audit_direct
-from salaudit.auditspec import parse_spec
 from salaudit.flows.cli import main
-from salaudit.report import SECTIONS, fmt, write_report
+from salaudit.pipeline.audit import audit_direct
+from salaudit.pipeline.spec import parse_spec
+from salaudit.report.html import SECTIONS, fmt, write_report
 
 # Every section's data in a few minutes on 2 cores: 6 samples in two shards, a decoy-enhanced
 # and a blurred method with their populations kept, the robust methods, an attack on the maps
@@ -111,7 +111,7 @@ def test_statistics_equal_scipy_on_the_stored_metrics(full_store, full_report):
                 ""
                 if label is None
                 else f"{extra[0]}={label:g}"
-                if extra[0] == "radius"
+                if isinstance(label, float | np.floating)  # numeric labels (radius, percentage)
                 else (f"{extra[0]}={label}")
             )
             for m in methods:

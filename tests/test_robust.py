@@ -9,13 +9,13 @@ import torch
 import xarray as xr
 
 from salaudit import get_method, load_model
-from salaudit.boundary import BoundaryConfig, agi, find_boundary
 from salaudit.errors import SalauditError
-from salaudit.explain import ExplainConfig, explain
-from salaudit.relex import relex
-from salaudit.saliency import Context, grad
-from salaudit.selection import Selection
-from support import closest_linear_boundary
+from salaudit.methods.boundary_maps import agi
+from salaudit.methods.boundary_search import BoundaryConfig, find_boundary
+from salaudit.methods.gradients import Context, grad
+from salaudit.methods.relex import relex
+from salaudit.pipeline.explain import explain
+from support import closest_linear_boundary, explain_spec
 
 QUICK_RELEX = {"n_noise": 8, "iterations": 10}
 PGD_ONLY = BoundaryConfig(finders=("pgd",))
@@ -219,7 +219,7 @@ def test_relex_masks_lie_in_the_unit_interval_and_follow_the_sample_key(model, b
 
 
 def test_relex_constants_scale_with_the_input_size():
-    from salaudit.relex import scaled_l1, scaled_lr
+    from salaudit.methods.relex import scaled_l1, scaled_lr
 
     assert scaled_l1(3 * 224 * 224) == pytest.approx(1e-4)
     assert scaled_lr(3 * 224 * 224) == pytest.approx(0.1)
@@ -259,18 +259,15 @@ def test_relex_mask_shrinks_as_l1_rises(model, batch64):
 
 
 def run(store, n=4, shard_size=64, boundary=None):
-    config = ExplainConfig(
-        model="builtin:digit-scenes-cnn",
-        data="builtin:digit-scenes",
-        methods=["bsm", "big", "agi", "relex"],
-        store=str(store),
-        selection=Selection("random", n, 0),
-        device="cpu",
+    spec = explain_spec(
+        store,
+        ["bsm", "big", "agi", "relex"],
+        n=n,
         shard_size=shard_size,
-        method_params={"relex": QUICK_RELEX},
-        boundary_params=boundary or {"finders": ("pgd", "apgd")},
+        params={"relex": QUICK_RELEX},
+        boundary=boundary or {"finders": ["pgd", "apgd"]},
     )
-    return explain(config, progress=False)
+    return explain(spec, progress=False)
 
 
 def test_explain_writes_the_boundary_group_and_shards_agree(tmp_path):
@@ -292,16 +289,14 @@ def test_explain_writes_the_boundary_group_and_shards_agree(tmp_path):
 
 
 def test_failed_searches_are_reported_and_left_empty(tmp_path):
-    config = ExplainConfig(
-        model="builtin:digit-scenes-cnn",
-        data="builtin:digit-scenes",
-        methods=["bsm", "big"],
-        store=str(tmp_path / "s"),
-        selection=Selection("first", 3),
-        device="cpu",
-        boundary_params={"finders": ("pgd",), "radii": (0.01,)},
+    spec = explain_spec(
+        tmp_path / "s",
+        ["bsm", "big"],
+        n=3,
+        mode="first",
+        boundary={"finders": ["pgd"], "radii": [0.01]},
     )
-    out = explain(config, progress=False)
+    out = explain(spec, progress=False)
     assert out["boundary_failed"] == 3
     maps = xr.open_zarr(str(tmp_path / "s"), group="maps", chunks=None)
     assert np.isnan(maps["big"].values).all() and np.isnan(maps["bsm"].values).all()
@@ -329,16 +324,8 @@ def test_a_later_method_reuses_the_stored_boundary(tmp_path):
     fresh run gets."""
 
     def explain_into(store, methods):
-        config = ExplainConfig(
-            model="builtin:digit-scenes-cnn",
-            data="builtin:digit-scenes",
-            methods=methods,
-            store=str(store),
-            selection=Selection("first", 3),
-            device="cpu",
-            boundary_params={"finders": ("pgd",)},
-        )
-        return explain(config, progress=False)
+        spec = explain_spec(store, methods, n=3, mode="first", boundary={"finders": ["pgd"]})
+        return explain(spec, progress=False)
 
     explain_into(tmp_path / "a", ["bsm"])
     before = xr.open_zarr(str(tmp_path / "a"), group="boundary", chunks=None)["point"].values

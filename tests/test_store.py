@@ -9,30 +9,23 @@ import xarray as xr
 
 from salaudit import get_method
 from salaudit.errors import SalauditError, StoreConflict
-from salaudit.explain import ExplainConfig, explain
-from salaudit.saliency import Context
-from salaudit.selection import Selection
-from salaudit.store import Store
+from salaudit.methods.gradients import Context
+from salaudit.pipeline.explain import explain
+from salaudit.store.store import Store
+from support import explain_spec
 
 METHODS = ["grad", "ig", "dance-grad", "dance-mean-grad", "blur-grad"]
 FAST = {
-    "method_params": {"ig": {"n_steps": 8}},
-    "decoy_params": {"dance": {"stride": 3}, "blur": {"stride": 3}},
+    "params": {"ig": {"n_steps": 8}},
+    "decoys": {"dance": {"stride": 3}, "blur": {"stride": 3}},
 }
 
 
-def run(store, methods=METHODS, n=4, **kw) -> dict:
+def run(store, methods=METHODS, n=4, fresh=False, **kw) -> dict:
     settings = {**FAST, **kw}
-    config = ExplainConfig(
-        model="builtin:digit-scenes-cnn",
-        data="builtin:digit-scenes",
-        methods=methods,
-        store=str(store),
-        selection=Selection("random", n, settings.pop("seed", 0)),
-        device="cpu",
-        **settings,
-    )
-    return explain(config, progress=False)
+    generators = {m.split("-")[0] for m in methods}
+    settings["decoys"] = {g: v for g, v in settings["decoys"].items() if g in generators}
+    return explain(explain_spec(store, methods, n=n, **settings), fresh=fresh, progress=False)
 
 
 def check_contract(url: str, n: int = 4) -> xr.DataTree:
@@ -116,9 +109,9 @@ def test_other_parameters_are_refused_and_nothing_is_written(tmp_path):
     run(url, methods=["grad", "ig"])
     files = sorted(p.relative_to(url) for p in url.rglob("*"))
     with pytest.raises(StoreConflict, match="n_steps"):
-        run(url, methods=["grad", "ig", "gradxinput"], method_params={"ig": {"n_steps": 9}})
+        run(url, methods=["grad", "ig", "gradxinput"], params={"ig": {"n_steps": 9}})
     assert sorted(p.relative_to(url) for p in url.rglob("*")) == files
-    out = run(url, methods=["ig"], method_params={"ig": {"n_steps": 9}}, fresh=True)
+    out = run(url, methods=["ig"], params={"ig": {"n_steps": 9}}, fresh=True)
     assert out["computed"] == 1
     assert xr.open_zarr(url, group="maps")["ig"].attrs["n_steps"] == 9
 
@@ -130,14 +123,7 @@ def test_another_models_or_seeds_store_is_refused(tmp_path):
         run(url, methods=["grad"], seed=1)
     with pytest.raises(StoreConflict, match="model_fingerprint"):
         explain(
-            ExplainConfig(
-                "python:support:linear_model",
-                "builtin:digit-scenes",
-                ["grad"],
-                str(url),
-                Selection("random", 4),
-                device="cpu",
-            ),
+            explain_spec(url, ["grad"], model="python:support:linear_model"),
             progress=False,
         )
 
@@ -160,18 +146,10 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
     g = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
     g.create_array("image", data=img)
     g.create_array("label", data=np.arange(4))
-    config = ExplainConfig(
-        "builtin:digit-scenes-cnn",
-        f"zarr:{tmp_path / 'd.zarr'}",
-        ["grad"],
-        str(tmp_path / "s"),
-        Selection("first", 4),
-        device="cpu",
-    )
+    store = tmp_path / "s"
     with pytest.raises(SalauditError, match=r"samples \[2\] contain NaN"):
-        explain(config, progress=False)
-    assert not (tmp_path / "s").exists()
-    config.data = "builtin:digit-scenes"
+        explain(explain_spec(store, ["grad"], data=f"zarr:{tmp_path / 'd.zarr'}", mode="first"))
+    assert not store.exists()
     cases = [
         (["nope"], {}, {}, "unknown method 'nope'; valid: grad, gradxinput"),
         (["grad"], {"grad": {"steps": 3}}, {}, r"unknown parameter\(s\) \['steps'\] for grad"),
@@ -180,10 +158,10 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
         (["blur-grad"], {}, {"blur": {"stride": 4}}, "between 1 and the patch size 3"),
     ]
     for methods, params, decoys, message in cases:
-        config.methods, config.method_params, config.decoy_params = methods, params, decoys
         with pytest.raises(SalauditError, match=message):
-            explain(config, progress=False)
-    assert not (tmp_path / "s").exists()
+            spec = explain_spec(store, methods, mode="first", params=params, decoys=decoys)
+            explain(spec, progress=False)
+    assert not store.exists()
 
 
 def test_context_keys_follow_the_dataset_index(tmp_path, model):

@@ -1,0 +1,1 @@
+"""How rows go through a model: micro-batches, keyed randomness, layer hooks, optimisers."""

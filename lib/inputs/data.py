@@ -1,0 +1,342 @@
+"""Data sets: `load_dataset(spec)` for builtin data, image folders and Zarr/xarray data sets.
+
+A data set is random access by index and yields pixel-space float32 images in [0, 1],
+int64 labels and, where the data has them, boxes (y0, x0, y1, x1; ends exclusive).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from ..errors import SalauditError
+from .spec_strings import SpecString
+from .uris import filesystem
+
+DATA_KINDS = ("builtin", "folder", "zarr")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+BUILTIN_DATA = ("digit-scenes",)
+
+
+@dataclass
+class Batch:
+    """Images (B, C, H, W) float32 in [0, 1], labels (B,), boxes (B, 4) or None, and the
+    dataset indices they came from."""
+
+    index: np.ndarray
+    image: torch.Tensor
+    label: torch.Tensor
+    bbox: torch.Tensor | None
+
+
+class Dataset:
+    """Random access to a data set's samples. Subclasses implement `_load` and `labels`."""
+
+    spec: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    has_boxes: bool
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def labels(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _load(self, indices: np.ndarray) -> Batch:
+        raise NotImplementedError
+
+    def _fingerprint(self) -> str:
+        raise NotImplementedError
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A content hash of the data set (images, labels, boxes, transforms)."""
+        return self._fingerprint()
+
+    def load(self, indices) -> Batch:
+        """Load and validate the samples at `indices`."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = indices[(indices < 0) | (indices >= len(self))]
+        if bad.size:
+            raise SalauditError(
+                f"sample indices {bad[:5].tolist()} are out of range for {self.spec} "
+                f"({len(self)} samples)"
+            )
+        batch = self._load(indices)
+        check_images(batch.image, batch.index, self.image_shape)
+        return batch
+
+    def references(self, n: int, seed: int) -> torch.Tensor:
+        """`n` images drawn with `seed`, the baselines of expected gradients."""
+        rng = np.random.default_rng([seed, 7])
+        idx = np.sort(rng.choice(len(self), size=min(n, len(self)), replace=False))
+        return self.load(idx).image
+
+
+def check_images(images: torch.Tensor, index: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Refuse images that are not finite pixel-space values in [0, 1] of the expected shape."""
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise SalauditError(
+            f"images have shape {tuple(images.shape[1:])}, expected {tuple(shape)}; "
+            "resize or crop them to the model's input (folder data: ?resize=..&crop=..)"
+        )
+    finite = torch.isfinite(images).flatten(1).all(1)
+    if not finite.all():
+        raise SalauditError(
+            f"samples {index[~finite.numpy()][:10].tolist()} contain NaN or infinite values"
+        )
+    lo, hi = images.amin(), images.amax()
+    if lo < 0 or hi > 1:
+        out = ((images < 0) | (images > 1)).flatten(1).any(1).numpy()
+        raise SalauditError(
+            f"samples {index[out][:10].tolist()} have values in [{lo:.4g}, {hi:.4g}], outside the "
+            "pixel range [0, 1]; give images in pixel space (uint8 data divided by 255, before "
+            "any normalisation: the model applies its own)"
+        )
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Open a data set.
+
+    `builtin:digit-scenes[?split=test|train]`; `folder:<path or s3 url>[?resize=N][&crop=N]
+    [&boxes=boxes.json]` (classes from sub-folders, as torchvision's ImageFolder);
+    `zarr:<path or url>[?group=G]` (arrays image, label and optionally bbox).
+    """
+    parsed = SpecString.parse(spec, DATA_KINDS, "data")
+    loader = {"builtin": _builtin, "folder": FolderDataset, "zarr": ZarrDataset}[parsed.kind]
+    ds = loader(parsed)
+    ds.spec = spec
+    return ds
+
+
+class ArrayDataset(Dataset):
+    """In-memory uint8 images (N, C, H, W) with labels and optional boxes."""
+
+    def __init__(self, images, labels, boxes, num_classes: int, tag: str, references=None):
+        self.images, self.labels_, self.boxes = images, labels, boxes
+        self.num_classes = num_classes
+        self.image_shape = tuple(images.shape[1:])
+        self.has_boxes = boxes is not None
+        self.tag = tag
+        self._references = references
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.labels_)
+
+    def _load(self, indices: np.ndarray) -> Batch:
+        image = torch.from_numpy(self.images[indices].astype(np.float32) / 255)
+        bbox = torch.from_numpy(self.boxes[indices]) if self.has_boxes else None
+        return Batch(indices, image, torch.from_numpy(self.labels_[indices]), bbox)
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256(self.tag.encode())
+        for arr in (self.images, self.labels_, self.boxes):
+            if arr is not None:
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+    def references(self, n: int, seed: int) -> torch.Tensor:
+        if self._references is None:
+            return super().references(n, seed)
+        return self._references.references(n, seed)
+
+
+def _builtin(spec: SpecString) -> Dataset:
+    from .scenes import digit_scenes
+
+    spec.check_params({"split"}, "builtin data")
+    if spec.target not in BUILTIN_DATA:
+        raise SalauditError(
+            f"unknown builtin data {spec.target!r}; valid: "
+            + ", ".join(f"builtin:{n}" for n in BUILTIN_DATA)
+        )
+    split = spec.take("split", "test")
+    if split not in ("train", "test"):
+        raise SalauditError(f"builtin:{spec.target} has splits train and test, not {split!r}")
+    s = digit_scenes(split)
+    train_refs = None
+    if split == "test":  # expected-gradient baselines come from the training split
+        train_refs = _builtin(SpecString(spec.kind, spec.target, {"split": "train"}))
+    return ArrayDataset(
+        s.images, s.labels, s.boxes, 10, f"{spec.target}:{split}", references=train_refs
+    )
+
+
+class FolderDataset(Dataset):
+    """Images in class sub-folders (local or s3://), as torchvision's ImageFolder.
+
+    `resize` scales the shorter side, `crop` takes a centred square; boxes come from a JSON
+    sidecar `{relative path: [y0, x0, y1, x1]}` in original pixel coordinates.
+    """
+
+    def __init__(self, spec: SpecString):
+        spec.check_params({"resize", "crop", "boxes"}, "folder data")
+        self.url = spec.target.rstrip("/")
+        self.fs, self.root = filesystem(self.url)
+        self.resize = int(spec.take("resize") or 0) or None
+        self.crop = int(spec.take("crop") or 0) or None
+        if not self.fs.isdir(self.root):
+            raise SalauditError(f"image folder {self.url} does not exist or is not a folder")
+        self.files, self.labels_, self.classes = self._scan()
+        self.num_classes = len(self.classes)
+        self.boxes = self._read_boxes(spec.take("boxes", "boxes.json"))
+        self.has_boxes = self.boxes is not None
+        first = self._read(0)[0]
+        self.image_shape = tuple(first.shape)
+
+    def _scan(self):
+        classes = sorted(
+            p.rstrip("/").rsplit("/", 1)[-1]
+            for p in self.fs.ls(self.root, detail=False)
+            if self.fs.isdir(p)
+        )
+        files, labels = [], []
+        for label, cls in enumerate(classes):
+            found = sorted(
+                p
+                for p in self.fs.find(f"{self.root}/{cls}")
+                if p.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            files += [p[len(self.root) + 1 :] for p in found]
+            labels += [label] * len(found)
+        if not files:
+            raise SalauditError(
+                f"no images under {self.url}; expected <root>/<class>/<image> with extensions "
+                + " ".join(IMAGE_EXTENSIONS)
+            )
+        return files, np.asarray(labels, dtype=np.int64), classes
+
+    def _read_boxes(self, name: str) -> np.ndarray | None:
+        path = f"{self.root}/{name}"
+        if not self.fs.exists(path):
+            return None
+        table = json.loads(self.fs.cat_file(path))
+        boxes = np.full((len(self.files), 4), -1, dtype=np.int64)
+        for i, rel in enumerate(self.files):
+            if rel in table:
+                boxes[i] = table[rel]
+        return boxes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def labels(self) -> np.ndarray:
+        return self.labels_
+
+    def _read(self, i: int) -> tuple[torch.Tensor, np.ndarray | None]:
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(self.fs.cat_file(f"{self.root}/{self.files[i]}")))
+        img = img.convert("RGB")
+        box = None if self.boxes is None else self.boxes[i].astype(np.float64)
+        if self.resize:
+            scale = self.resize / min(img.size)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            img = img.resize(size, Image.BILINEAR, reducing_gap=None)
+            box = None if box is None else np.where(box >= 0, box * scale, box)
+        if self.crop:
+            top, left = (img.height - self.crop) // 2, (img.width - self.crop) // 2
+            if top < 0 or left < 0:
+                raise SalauditError(
+                    f"{self.files[i]} is {img.width}x{img.height}, smaller than crop {self.crop}; "
+                    "set ?resize= to at least the crop size"
+                )
+            img = img.crop((left, top, left + self.crop, top + self.crop))
+            if box is not None:
+                box = np.where(box >= 0, box - [top, left, top, left], box)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+        if box is not None and (box >= 0).all():
+            box = np.clip(np.round(box), 0, [arr.shape[1], arr.shape[2]] * 2)
+        return arr.contiguous(), box
+
+    def _load(self, indices: np.ndarray) -> Batch:
+        read = [self._read(int(i)) for i in indices]
+        shapes = {tuple(a.shape) for a, _ in read}
+        if len(shapes) > 1:
+            raise SalauditError(
+                f"images of {self.url} differ in size {sorted(shapes)}; add ?resize=N&crop=N"
+            )
+        image = torch.stack([a for a, _ in read])
+        bbox = None
+        if self.has_boxes:
+            bbox = torch.from_numpy(np.stack([b for _, b in read]).astype(np.int64))
+        return Batch(indices, image, torch.from_numpy(self.labels_[indices]), bbox)
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256(f"folder;resize={self.resize};crop={self.crop};".encode())
+        for rel, label in zip(self.files, self.labels_, strict=True):
+            path = f"{self.root}/{rel}"
+            tag = (
+                self.fs.info(path).get("ETag") or hashlib.sha256(self.fs.cat_file(path)).hexdigest()
+            )
+            h.update(f"{rel}:{label}:{tag};".encode())
+        if self.boxes is not None:
+            h.update(self.boxes.tobytes())
+        return h.hexdigest()
+
+
+class ZarrDataset(Dataset):
+    """A Zarr group (local or object storage) with arrays `image` (N, C, H, W) in [0, 1] (or
+    uint8), `label` (N,) and optionally `bbox` (N, 4); a salaudit store's `inputs` qualifies."""
+
+    def __init__(self, spec: SpecString):
+        import zarr
+
+        from .uris import storage_options_for
+
+        spec.check_params({"group"}, "zarr data")
+        self.url = spec.target
+        opts = storage_options_for(self.url)
+        try:
+            root = zarr.open_group(self.url, mode="r", storage_options=opts or None)
+            group = root[spec.take("group")] if spec.take("group") else root
+        except (FileNotFoundError, KeyError) as e:
+            raise SalauditError(f"no Zarr group at {self.url} ({e})") from None
+        missing = {"image", "label"} - set(group.array_keys())
+        if missing:
+            raise SalauditError(
+                f"Zarr data {self.url} lacks array(s) {sorted(missing)}; it needs image "
+                "(N, C, H, W) and label (N,), optionally bbox (N, 4)"
+            )
+        self.image, self.label = group["image"], group["label"]
+        self.bbox = group["bbox"] if "bbox" in group.array_keys() else None
+        self.has_boxes = self.bbox is not None
+        self.image_shape = tuple(self.image.shape[1:])
+        self.labels_ = np.asarray(self.label[:], dtype=np.int64)
+        self.num_classes = int(group.attrs.get("num_classes", self.labels_.max() + 1))
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    def labels(self) -> np.ndarray:
+        return self.labels_
+
+    def _load(self, indices: np.ndarray) -> Batch:
+        raw = self.image.get_orthogonal_selection((indices,))
+        image = torch.from_numpy(
+            raw.astype(np.float32) / 255 if raw.dtype == np.uint8 else raw.astype(np.float32)
+        )
+        bbox = None
+        if self.has_boxes:
+            bbox = torch.from_numpy(self.bbox.get_orthogonal_selection((indices,)).astype(np.int64))
+        return Batch(indices, image, torch.from_numpy(self.labels_[indices]), bbox)
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256(b"zarr;")
+        step = max(1, self.image.chunks[0])
+        for i in range(0, len(self), step):
+            h.update(np.ascontiguousarray(self.image[i : i + step]).tobytes())
+        h.update(self.labels_.tobytes())
+        if self.bbox is not None:
+            h.update(np.ascontiguousarray(self.bbox[:]).tobytes())
+        return h.hexdigest()

@@ -1,0 +1,111 @@
+"""Training of the builtin models, once per machine, cached atomically.
+
+Training runs on the CPU with a fixed thread count and seed, so it gives the same weights each
+time it runs on a machine; a file lock keeps concurrent first uses from training twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torch import nn
+
+from .uris import cache_dir
+
+RECIPE_VERSION = "v2"
+TRAIN_THREADS = 2
+TRAIN_SEED = 0
+EPOCHS = 6
+BATCH = 128
+MAX_LR = 0.2
+
+
+def builtin_checkpoint(name: str, progress: bool = True) -> dict:
+    """The cached checkpoint of builtin model `name`, trained first if missing."""
+    path = cache_dir() / "models" / f"{name}-{RECIPE_VERSION}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            ckpt = train_builtin(name, progress=progress)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            torch.save(ckpt, tmp)
+            os.replace(tmp, path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_builtin(name: str, progress: bool = True) -> dict:
+    from .models import BUILTIN_MODELS
+    from .scenes import digit_scenes
+
+    info = BUILTIN_MODELS[name]
+    train, test = digit_scenes("train"), digit_scenes("test")
+    x, y = _tensors(train)
+    mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        torch.manual_seed(TRAIN_SEED)
+        net = info.build()
+        _fit(net, _normalised(x, mean, std), y, progress, name)
+        xt, yt = _tensors(test)
+        accuracy = _accuracy(net, _normalised(xt, mean, std), yt)
+    finally:
+        torch.set_num_threads(threads)
+    if progress:
+        print(f"salaudit: trained builtin:{name}, test accuracy {accuracy:.2%}", file=sys.stderr)
+    return {
+        "state_dict": net.state_dict(),
+        "mean": mean,
+        "std": std,
+        "test_accuracy": torch.tensor(accuracy),
+        "recipe": RECIPE_VERSION,
+    }
+
+
+def _tensors(scenes) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(scenes.images.copy()).float() / 255
+    return images, torch.from_numpy(scenes.labels.copy())
+
+
+def _normalised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean[:, None, None]) / std[:, None, None]
+
+
+def _fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: bool, name: str) -> None:
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(TRAIN_SEED)
+    steps = EPOCHS * int(np.ceil(len(x) / BATCH))
+    opt = torch.optim.SGD(
+        net.parameters(), lr=MAX_LR, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=MAX_LR, total_steps=steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    net.train()
+    bar = tqdm(total=steps, desc=f"training builtin:{name}", disable=not progress, unit="batch")
+    for _ in range(EPOCHS):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), BATCH):
+            idx = order[i : i + BATCH]
+            loss = loss_fn(net(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    net.eval()
+
+
+@torch.no_grad()
+def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()
+    pred = torch.cat([net(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
+    return float((pred == y).float().mean())

@@ -1,0 +1,1 @@
+"""Metrics of maps and attacks (METHODS.md), their catalogue, and the paired statistics."""

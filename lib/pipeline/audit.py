@@ -1,0 +1,252 @@
+"""An audit: every stage of a spec, over a store's shard-aligned regions.
+
+`prepare_audit` does the one-off work before any fan-out (the model trained and fingerprinted,
+the data fingerprinted, every stage's template laid out) and plans the audit once;
+`AuditPlan.units` lists the (stage, region) units an orchestrator fans out and `AuditPlan.needs`
+their dependencies; `run_unit` fills one unit on a run attached to the store; `finish`
+computes the statistics. `audit_direct` runs it all in this process: the library path the
+orchestrated flow agrees with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..methods.registry import Method
+from ..store import schema
+from ..store.store import Store
+from ..version import environment
+from .attack import AttackJob, attack_jobs, layout_attacks, run_attack
+from .evaluate import Evaluation, evaluation_for, layout_metrics, run_metrics, statistics
+from .explain import prepare, run_inputs, run_maps
+from .run import Run, attach
+from .spec import AuditSpec
+
+
+class Stage(StrEnum):
+    """What a unit computes on its region."""
+
+    INPUTS = "inputs"
+    MAPS = "maps"
+    ATTACK = "attack"
+    METRICS = "metrics"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One stage on samples [start, stop): `group` names the maps group (methods that share
+    decoys or a boundary search) or the attack; `names` are the group's methods or the metric
+    families."""
+
+    stage: Stage
+    start: int
+    stop: int
+    group: str = ""
+    names: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """The stage and group, e.g. `maps:decoys-dance` (what audit records time)."""
+        return f"{self.stage.value}:{self.group}" if self.group else self.stage.value
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}[{self.start}:{self.stop}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The unit as a task's (JSON) parameter."""
+        return {
+            "stage": self.stage.value,
+            "start": self.start,
+            "stop": self.stop,
+            "group": self.group,
+            "names": list(self.names),
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Unit:
+        return cls(Stage(d["stage"]), d["start"], d["stop"], d["group"], tuple(d["names"]))
+
+
+@dataclass
+class AuditPlan:
+    """What an audit computes on a prepared store (planned once, in the flow and per worker)."""
+
+    spec: AuditSpec
+    regions: list[tuple[int, int]]
+    groups: dict[str, list[str]]  # group -> its methods (sharing decoys or a boundary search)
+    attacks: list[AttackJob]
+    evaluation: Evaluation | None
+
+    @property
+    def families(self) -> list[str]:
+        return self.evaluation.names if self.evaluation else []
+
+    @property
+    def notes(self) -> list[str]:
+        return self.evaluation.notes if self.evaluation else []
+
+    def units(self) -> list[Unit]:
+        """Every unit, each after the units it needs."""
+        return [u for start, stop in self.regions for u in self._region(start, stop)]
+
+    def needs(self, unit: Unit) -> list[Unit]:
+        """The units of the same region that `unit` reads: inputs for every stage, and
+        everything else of the region for metrics."""
+        if unit.stage is Stage.INPUTS:
+            return []
+        region = self._region(unit.start, unit.stop)
+        return region[:-1] if unit.stage is Stage.METRICS else region[:1]
+
+    def _region(self, start: int, stop: int) -> list[Unit]:
+        """The units of one region: inputs first, metrics (if any) last."""
+        out = [Unit(Stage.INPUTS, start, stop)]
+        out += [Unit(Stage.MAPS, start, stop, g, tuple(ms)) for g, ms in self.groups.items()]
+        out += [Unit(Stage.ATTACK, start, stop, a.name) for a in self.attacks]
+        if self.families:
+            out.append(Unit(Stage.METRICS, start, stop, "", tuple(self.families)))
+        return out
+
+
+def unit_done(store: Store, unit: Unit) -> bool:
+    """Whether the store's done-markers say `unit` is complete (metrics: never assumed, their
+    cells are checked one by one inside the unit)."""
+    region = (unit.start, unit.stop)
+    if unit.stage is Stage.INPUTS:
+        return store.is_done(schema.inputs(), *region)
+    if unit.stage is Stage.MAPS:
+        return all(store.is_done(schema.map_path(m), *region) for m in unit.names)
+    if unit.stage is Stage.ATTACK:
+        return store.is_done(schema.attack(unit.group), *region)
+    return False
+
+
+def method_groups(methods: list[Method]) -> dict[str, list[str]]:
+    """Methods that share work go together: one decoy configuration, one boundary search;
+    every other method is a group of its own."""
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        label = f"decoys-{m.decoys.generator}" if m.decoys else "boundary" if m.boundary else m.name
+        groups.setdefault(label, []).append(m.name)
+    return groups
+
+
+def plan_audit(spec: AuditSpec, run: Run) -> AuditPlan:
+    """The audit of `spec` on a laid-out store: its units' groups, attacks and metrics."""
+    attacks = attack_jobs(spec.attacks, spec.attack_params, spec.radii) if spec.attacks else []
+    evaluation = evaluation_for(run, spec.metrics) if spec.metrics != [] else None
+    return AuditPlan(spec, run.regions, method_groups(run.methods), attacks, evaluation)
+
+
+def prepare_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True):
+    """(run, plan): everything loaded and checked, every template laid out, nothing computed."""
+    run = prepare(spec, fresh, progress)
+    if spec.attacks:
+        layout_attacks(run, attack_jobs(spec.attacks, spec.attack_params, spec.radii))
+    plan = plan_audit(spec, run)
+    if plan.evaluation:
+        layout_metrics(plan.evaluation)
+    return run, plan
+
+
+def attach_audit(spec: AuditSpec, micro_batch: int | None = None) -> tuple[Run, AuditPlan]:
+    """The run and plan a worker fills units of (the store laid out by `prepare_audit`)."""
+    run = attach(spec, micro_batch)
+    return run, plan_audit(spec, run)
+
+
+def run_unit(run: Run, plan: AuditPlan, unit: Unit) -> dict:
+    """Fill one unit; finished parts (done-markers) are skipped. Returns a small summary (what
+    it computed, how many seconds it took)."""
+    region = (unit.start, unit.stop)
+    started = time.perf_counter()
+    if unit.stage is Stage.INPUTS:
+        computed = [] if run_inputs(run, *region)["skipped"] else [Stage.INPUTS.value]
+    elif unit.stage is Stage.MAPS:
+        group = dataclasses.replace(run, methods=[m for m in run.methods if m.name in unit.names])
+        computed = run_maps(group, *region)["computed"]
+    elif unit.stage is Stage.ATTACK:
+        computed = run_attack(run, next(a for a in plan.attacks if a.name == unit.group), *region)
+    else:
+        evaluation = dataclasses.replace(plan.evaluation, run=run)
+        computed = run_metrics(evaluation, *region)
+    return {
+        "stage": unit.kind,
+        "start": unit.start,
+        "stop": unit.stop,
+        "computed": computed,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def finish(run: Run, plan: AuditPlan) -> dict[str, np.ndarray] | None:
+    """Statistics over every sample, written to `stats` (None when no metrics were asked)."""
+    if not plan.evaluation:
+        return None
+    table = statistics(plan.evaluation)
+    schema.write_stats(run.store, table)
+    return table
+
+
+def audit_record(
+    spec: AuditSpec,
+    started: float,
+    outcomes: dict[Unit, dict],
+    failures: dict[Unit, str],
+    **extra,
+) -> dict:
+    """What the report shows of one audit: its spec, when it ran, the seconds each stage's
+    units took (summed over shards; units found in a cache count none), failures, where it
+    ran and on what versions."""
+    seconds: dict[str, float] = {}
+    for unit, out in outcomes.items():
+        if not out.get("cached"):
+            seconds[unit.kind] = seconds.get(unit.kind, 0.0) + float(out.get("seconds", 0.0))
+    finished = time.time()
+    return {
+        "started": started,
+        "finished": finished,
+        "seconds": finished - started,
+        "spec": spec.model_dump(mode="json"),
+        "units": len(outcomes) + len(failures),
+        "computed_units": sum(bool(o.get("computed")) for o in outcomes.values()),
+        "cached_units": sum(bool(o.get("cached")) for o in outcomes.values()),
+        "stage_seconds": seconds,
+        "failed": {u.label: why for u, why in failures.items()},
+        "devices": sorted({str(o["device"]) for o in outcomes.values() if o.get("device")}),
+        "environment": environment(),
+        **extra,
+    }
+
+
+def audit_direct(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict:
+    """The whole audit in this process, unit after unit, recorded in the store; returns a
+    summary."""
+    from tqdm.auto import tqdm
+
+    started = time.time()
+    run, plan = prepare_audit(spec, fresh, progress)
+    outcomes, device = {}, device_name(run.device)
+    for unit in tqdm(plan.units(), desc="audit", disable=not progress, file=sys.stderr):
+        outcomes[unit] = {**run_unit(run, plan, unit), "device": device}
+    finish(run, plan)
+    run.store.record_audit(audit_record(spec, started, outcomes, {}, orchestrator="in-process"))
+    computed = sum(len(o["computed"]) for o in outcomes.values())
+    return {"store": run.store.url, "samples": len(run.samples), "computed": computed}
+
+
+def device_name(device) -> str:
+    """`cpu`, or the CUDA device's model name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type

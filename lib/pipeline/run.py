@@ -1,0 +1,110 @@
+"""A run: a spec with its model, data, resolved methods, selected samples and open store,
+which every stage fills regions of."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..engine.batching import micro_batch_size
+from ..errors import SalauditError
+from ..inputs.data import Dataset, load_dataset
+from ..inputs.models import PixelModel, load_model
+from ..methods.boundary_search import BoundaryConfig
+from ..methods.decoys import DecoyConfig
+from ..methods.registry import Method
+from ..store import schema
+from ..store.store import Store
+from .spec import AuditSpec
+
+REFERENCE_IMAGES = 64  # baselines of expected gradients drawn from the data
+
+
+@dataclass
+class Run:
+    """A prepared run: loaded model and data, resolved methods, selected samples, open store."""
+
+    spec: AuditSpec
+    model: PixelModel
+    dataset: Dataset
+    methods: list[Method]
+    samples: np.ndarray
+    store: Store
+    device: torch.device
+    micro_batch: int
+    references: torch.Tensor | None
+
+    @property
+    def regions(self) -> list[tuple[int, int]]:
+        n, size = len(self.samples), self.store.attrs()["shard_size"]
+        return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+    def keys(self, start: int, stop: int, name: str) -> list[str]:
+        """Random keys for samples [start, stop) and a method or decoy generator `name`."""
+        return [f"{self.spec.seed}/{int(i)}/{name}" for i in self.samples[start:stop]]
+
+    def decoy_configs(self) -> list[DecoyConfig]:
+        return list(dict.fromkeys(m.decoys for m in self.methods if m.decoys))
+
+    def boundary_config(self) -> BoundaryConfig | None:
+        """The boundary search the run's boundary methods share (None if none is asked for)."""
+        return next((m.boundary for m in self.methods if m.boundary), None)
+
+    def read(self, path: str, start: int, stop: int) -> torch.Tensor:
+        """Samples [start, stop) of the array at `path`, on the run's device."""
+        return torch.from_numpy(self.store.read(path, start, stop)).to(self.device)
+
+    def inputs(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored images and targets (clean predictions) of samples [start, stop)."""
+        x = self.read(schema.inputs("image"), start, stop)
+        return x, self.read(schema.inputs("prediction"), start, stop)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SalauditError("--device cuda asked for, but torch finds no CUDA device; use cpu")
+    return torch.device(name)
+
+
+def load_parts(spec: AuditSpec, progress: bool):
+    """(device, model, dataset, resolved methods) of a spec, checked against each other."""
+    device = resolve_device(spec.device)
+    model = load_model(spec.model, device=device, progress=progress)
+    dataset = load_dataset(spec.data)
+    if tuple(dataset.image_shape) != tuple(model.input_shape):
+        raise SalauditError(
+            f"{spec.data} has images of shape {dataset.image_shape}, model {spec.model} "
+            f"takes {model.input_shape}; resize or crop the data to fit"
+        )
+    methods = [spec.method(name).resolved(model) for name in spec.methods]
+    return device, model, dataset, methods
+
+
+def make_run(spec, model, dataset, methods, samples, store, device) -> Run:
+    refs = None
+    if any(m.info.needs_references for m in methods):
+        refs = dataset.references(REFERENCE_IMAGES, spec.seed).to(device)
+    micro_batch = micro_batch_size(model, device)
+    return Run(spec, model, dataset, methods, samples, store, device, micro_batch, refs)
+
+
+def attach(spec: AuditSpec, micro_batch: int | None = None) -> Run:
+    """The run of a store that `explain.prepare` laid out, rebuilt read-only: what a worker
+    needs to fill regions. Samples come from the store; another model's or data's store is
+    refused."""
+    device, model, dataset, methods = load_parts(spec, progress=False)
+    store = Store(spec.store.url, spec.storage_options())
+    if not store.exists():
+        raise SalauditError(f"there is no store at {spec.store.url}; prepare the run first")
+    store.check_identity(
+        {"model_fingerprint": model.fingerprint, "data_fingerprint": dataset.fingerprint}
+    )
+    samples = store.read(schema.inputs("sample"))
+    run = make_run(spec, model, dataset, methods, samples, store, device)
+    if micro_batch:
+        run.micro_batch = micro_batch
+    return run

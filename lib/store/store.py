@@ -1,0 +1,326 @@
+"""The store: a Zarr v3 group at a local path or s3:// URL (DESIGN.md's contract; the groups,
+dims and marker names are `schema`'s).
+
+Arrays are chunked along samples so that one writer owns whole chunks; a JSON done-marker per
+written region and a JSON record per audit live beside the arrays. The store's identity
+(model and data fingerprints, sample selection, seed) is fixed at creation: adding methods is
+allowed, contradicting what is stored is refused unless the run starts afresh. Metadata is
+consolidated after every template change so plain xarray reads it without listing the store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..errors import SalauditError, StoreConflict
+from ..inputs.uris import filesystem, is_remote, storage_options_for
+from .schema import AUDITS, MARKERS
+
+IDENTITY_KEYS = ("model_fingerprint", "data_fingerprint", "selection", "seed")
+
+
+class Store:
+    """A run's results at `url` (opened with `Store.open`)."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = url.rstrip("/")
+        self.options = storage_options_for(self.url, storage_options)
+        self.fs, self.path = filesystem(self.url, storage_options)
+
+    # --- opening and identity -------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        identity: dict[str, Any],
+        attrs: dict[str, Any] | None = None,
+        *,
+        fresh: bool = False,
+        storage_options: dict | None = None,
+    ) -> Store:
+        """Open or create the store, refusing one that holds another run's results (another
+        model, data, selection or seed) unless `fresh`, which deletes what is there."""
+        store = cls(url, storage_options)
+        if store.exists() and fresh:
+            store.clear()
+        if store.exists():
+            store.check_identity(identity)
+        else:
+            root = zarr.open_group(store._zarr(), mode="a", zarr_format=3)
+            identity = {**identity, "store_id": uuid.uuid4().hex}
+            root.attrs.update({**(attrs or {}), **identity})
+            store.consolidate()
+        return store
+
+    def clear(self) -> None:
+        """Delete everything in the store but its lease (held by whoever clears it)."""
+        for entry in self.fs.ls(self.path, detail=False):
+            if entry.rstrip("/").endswith("/_salaudit"):
+                for inner in self.fs.ls(entry, detail=False):
+                    if not inner.endswith("/lease.json"):
+                        self.fs.rm(inner, recursive=True)
+            else:
+                self.fs.rm(entry, recursive=True)
+
+    def exists(self) -> bool:
+        return self.fs.exists(f"{self.path}/zarr.json")
+
+    def root(self, mode: str = "r+") -> zarr.Group:
+        """The root group, read without the consolidated metadata (that is for readers)."""
+        return zarr.open_group(
+            self._zarr(read_only=mode == "r"), mode=mode, zarr_format=3, use_consolidated=False
+        )
+
+    def has(self, path: str) -> bool:
+        """Whether a group or array exists at `path`."""
+        try:
+            self.root("r")[path]
+        except KeyError:
+            return False
+        return True
+
+    def attrs(self) -> dict:
+        return dict(self.root("r").attrs)
+
+    def subgroups(self, path: str) -> list[str]:
+        """The names of the groups inside the group at `path` (none if it is missing)."""
+        return sorted(self.root("r")[path].group_keys()) if self.has(path) else []
+
+    def arrays(self, path: str) -> list[str]:
+        """The names of the arrays inside the group at `path` (none if it is missing)."""
+        return sorted(self.root("r")[path].array_keys()) if self.has(path) else []
+
+    def shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self.root("r")[path].shape)
+
+    def array_attrs(self, path: str) -> dict:
+        return dict(self.root("r")[path].attrs)
+
+    def check_identity(self, identity: dict[str, Any]) -> None:
+        stored = self.attrs()
+        for key in IDENTITY_KEYS:
+            if key in identity and _jsonable(stored.get(key)) != _jsonable(identity[key]):
+                raise StoreConflict(
+                    f"store {self.url} holds results for {key} = {stored.get(key)!r}, this run "
+                    f"has {identity[key]!r}; use another store, or --fresh to delete it and "
+                    "start over"
+                )
+
+    def _zarr(self, read_only: bool = False):
+        if is_remote(self.url):
+            return zarr.storage.FsspecStore.from_url(
+                self.url, storage_options=self.options or None, read_only=read_only
+            )
+        return zarr.storage.LocalStore(self.path, read_only=read_only)
+
+    def consolidate(self) -> None:
+        """Rewrite the consolidated metadata (after the template changed)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(self._zarr(), zarr_format=3)
+
+    # --- templates ------------------------------------------------------------------------
+
+    def require_array(
+        self,
+        path: str,
+        shape: tuple[int, ...],
+        dims: tuple[str, ...],
+        dtype: str,
+        chunks: tuple[int, ...],
+        attrs: dict | None = None,
+        fill_value: Any = None,
+    ) -> zarr.Array:
+        """Create the array at `path` unless it exists with the same attributes; an existing
+        one with other attributes (a method's parameters) is a conflict."""
+        group_path, _, name = path.rpartition("/")
+        group = self.root().require_group(group_path) if group_path else self.root()
+        if name in group.array_keys():
+            self._check(path, group[name], attrs or {}, shape)
+            return group[name]
+        if fill_value is None:
+            fill_value = np.nan if np.dtype(dtype).kind == "f" else 0
+        return group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill_value,
+            dimension_names=dims,
+            attributes=_jsonable(attrs or {}),
+        )
+
+    def check_array(self, path: str, attrs: dict, shape: tuple[int, ...]) -> None:
+        """Raise StoreConflict if `path` exists with other attributes or shape (writes nothing)."""
+        try:
+            arr = self.root("r")[path]
+        except KeyError:
+            return
+        self._check(path, arr, attrs, shape)
+
+    def _check(self, path: str, arr: zarr.Array, attrs: dict, shape: tuple[int, ...]) -> None:
+        """An existing array must hold what this run asks for: the same attributes (a
+        method's parameters) and shape."""
+        attrs = _jsonable(attrs)
+        stored = {k: v for k, v in arr.attrs.items() if k in attrs}
+        if stored != attrs or tuple(arr.shape) != tuple(shape):
+            raise StoreConflict(
+                f"store {self.url} holds {path} computed with {stored} (shape {arr.shape}); this "
+                f"run asks for {attrs} (shape {shape}); use another store, or --fresh to delete "
+                "it and start over"
+            )
+
+    def require_coordinate(
+        self, group: str, name: str, values: np.ndarray, dim: str | None = None
+    ) -> None:
+        """A 1-D coordinate array `name` along `dim` (default: its own name) in `group`,
+        written once."""
+        arr = self.require_array(
+            f"{group}/{name}", values.shape, (dim or name,), str(values.dtype), values.shape
+        )
+        if not arr.nchunks_initialized:
+            arr[:] = values
+
+    def require_labels(self, group: str, dim: str, labels: list[str]) -> dict[str, int]:
+        """Positions of `labels` along the labelled dimension `dim` of `group` (a string
+        coordinate). Labels not yet there are appended, growing the coordinate and every array
+        of the group that has `dim`: a later run adds methods or attacks to a table."""
+        grp = self.root().require_group(group)
+        if dim in grp.array_keys():
+            coord = grp[dim]
+            existing = [str(v) for v in coord[:]]
+        else:
+            coord, existing = None, []
+        new = [label for label in dict.fromkeys(labels) if label not in existing]
+        if new or coord is None:
+            everything = existing + new
+            if coord is None:
+                coord = grp.create_array(
+                    dim,
+                    shape=(len(everything),),
+                    chunks=(max(1, len(everything)),),
+                    dtype=str,
+                    dimension_names=(dim,),
+                )
+            else:
+                coord.resize((len(everything),))
+            coord[:] = np.asarray(everything, dtype=object)
+            for name in grp.array_keys():
+                arr = grp[name]
+                dims = arr.metadata.dimension_names or ()
+                if name != dim and dim in dims:
+                    shape = list(arr.shape)
+                    shape[dims.index(dim)] = len(everything)
+                    arr.resize(tuple(shape))
+            existing = everything
+        return {label: existing.index(label) for label in labels}
+
+    def labels(self, group: str, dim: str) -> dict[str, int]:
+        """Label -> position along the labelled dimension `dim` of `group` (read only)."""
+        return {str(v): i for i, v in enumerate(self.root("r")[f"{group}/{dim}"][:])}
+
+    def dataset(self, group: str):
+        """The group as an xarray Dataset of numpy arrays (no dask)."""
+        import xarray as xr
+
+        return xr.open_zarr(
+            self._zarr(read_only=True), group=group, chunks=None, consolidated=False
+        )
+
+    # --- region writes and done-markers ----------------------------------------------------
+
+    def write(self, path: str, start: int, values: np.ndarray) -> None:
+        """Write `values` into the array at `path` from sample `start` on."""
+        arr = self.root()[path]
+        arr[start : start + len(values)] = values
+
+    def write_cell(self, path: str, start: int, index: tuple[int, ...], values: np.ndarray) -> None:
+        """Write `values` at samples [start, start + len) and positions `index` of the
+        following dimensions."""
+        arr = self.root()[path]
+        arr[(slice(start, start + len(values)), *index)] = values
+
+    def read(self, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.root("r")[path][start:stop]
+
+    def _marker(self, stage: str, start: int, stop: int) -> str:
+        return f"{self.path}/{MARKERS}/{stage}/{start:09d}-{stop:09d}.json"
+
+    def mark_done(self, stage: str, start: int, stop: int, info: dict | None = None) -> None:
+        """Record that `stage` wrote samples [start, stop) completely."""
+        body = {"stage": stage, "start": start, "stop": stop, "time": time.time(), **(info or {})}
+        path = self._marker(stage, start, stop)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # a no-op on object storage
+        self.fs.pipe_file(path, json.dumps(_jsonable(body)).encode())
+
+    def is_done(self, stage: str, start: int, stop: int) -> bool:
+        return self.fs.exists(self._marker(stage, start, stop))
+
+    def done_regions(self, stage: str) -> list[tuple[int, int]]:
+        folder = f"{self.path}/{MARKERS}/{stage}"
+        if not self.fs.exists(folder):
+            return []
+        names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
+        regions = [n.removesuffix(".json").split("-") for n in names if n.endswith(".json")]
+        return sorted((int(a), int(b)) for a, b in regions)
+
+    # --- audit records ------------------------------------------------------------------------
+
+    def record_audit(self, record: dict[str, Any]) -> str:
+        """Keep `record` (an audit's timings, failures, versions) as JSON; returns its path."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(record.get("started", time.time())))
+        path = f"{self.path}/{AUDITS}/{stamp}-{uuid.uuid4().hex[:8]}.json"
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(path, json.dumps(_jsonable(record)).encode())
+        return path
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every kept audit record, oldest first."""
+        folder = f"{self.path}/{AUDITS}"
+        self.fs.invalidate_cache(folder)
+        if not self.fs.exists(folder):
+            return []
+        paths = sorted(p for p in self.fs.ls(folder, detail=False) if p.endswith(".json"))
+        return [json.loads(self.fs.cat_file(p)) for p in paths]
+
+
+def check_reachable(url: str, storage_options: dict | None = None) -> None:
+    """Fail before any work if the store's location cannot be reached or written: a missing
+    bucket, an unreachable endpoint or missing credentials, named with the fix."""
+    if not is_remote(url):
+        return
+    fs, path = filesystem(url, storage_options)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.ls(bucket, detail=False)
+    except FileNotFoundError:
+        raise SalauditError(f"bucket {bucket!r} of store {url} does not exist; create it") from None
+    except Exception as error:
+        raise SalauditError(
+            f"cannot reach store {url} ({type(error).__name__}: {error}); check the endpoint "
+            "(storage_options.endpoint_url or AWS_ENDPOINT_URL) and the credentials "
+            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        ) from None
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as it reads back from JSON attributes (tuples become lists, numpy scalars
+    Python numbers)."""
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Iterable):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
