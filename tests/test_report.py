@@ -46,7 +46,7 @@ FULL = {
 # METHODS.md, written out again here rather than imported: which way each metric is better,
 # and which method is compared with which.
 LOWER_IS_BETTER = {"fidelity", "sensitivity", "deletion", "sanity_ssim", "sanity_spearman"}
-LOWER_IS_BETTER |= {"sanity_spearman_abs"}
+LOWER_IS_BETTER |= {"sanity_spearman_abs", "road_morf"}  # ROAD MoRF: the prediction should go
 ROBUST = {"big": ["ig"], "agi": ["ig"], "bsm": ["grad"], "relex": ["grad", "ig", "smoothgrad"]}
 GENERATORS = ("dance-mean", "dance", "blur", "constant", "noise")
 

@@ -128,7 +128,7 @@ class Family:
 
 # The metric modules, in the order the report and the statistics list their families (within
 # a module, the order they register in). A new metric module is added here.
-MODULES = ("faithfulness", "robustness", "localisation", "sanity", "decoys")
+MODULES = ("faithfulness", "robustness", "localisation", "sanity", "decoys", "road")
 _FAMILIES: Plugins[Family] = Plugins(__package__, MODULES, lambda f: f.compute.__module__)
 
 
