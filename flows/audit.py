@@ -9,14 +9,17 @@ and ends with the report: the HTML beside the store and its artifacts (`flows.ar
 
 from __future__ import annotations
 
+import functools
 import queue
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow
+from prefect.states import Failed
 
-from salaudit.errors import RegressionFound
+from salaudit.errors import AuditFailed, RegressionFound, SalauditError
 from salaudit.flows import artifacts
 from salaudit.flows.cluster import (
     cluster_environment,
@@ -34,11 +37,23 @@ from salaudit.store.store import Store, check_reachable
 from salaudit.tasks.units import audit_unit, write_report_task
 
 
-class AuditFailed(RuntimeError):
-    """Some units failed; the others are written and a re-run recomputes only the rest."""
+def expected_failures(fn: Callable) -> Callable:
+    """A flow whose refusals (bad input, a busy store, failed units, a regression) end it in a
+    Failed state with their message, not behind an ERROR-level traceback; calling the flow
+    still raises them."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (SalauditError, AuditFailed, RegressionFound) as error:
+            return Failed(message=str(error).splitlines()[0], data=error)
+
+    return run
 
 
 @flow(name="salaudit-audit", log_prints=True)
+@expected_failures
 def audit(spec: dict[str, Any], fresh: bool = False, progress: bool = False) -> dict[str, Any]:
     """Audit a model as `spec` says (the fields of salaudit's audit spec)."""
     parsed = parse_spec(spec).for_checkpoint(None)  # refused while it names {checkpoint}
@@ -71,6 +86,7 @@ def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
         "recomputed_units": sorted(u.label for u, r in results.items() if r["computed"]),
         "failed": record["failed"],
         "notes": plan.notes,
+        "repaired": run.repaired,
         "model_fingerprint": identity["model_fingerprint"],
         "report": None,
     }
@@ -84,7 +100,7 @@ def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
             f"{len(failures)} of {summary['units']} units failed (the rest are written; "
             f"running the same audit again recomputes only what is missing):\n{lines}"
         )
-    finish(run, plan)
+    finish(run, plan, bool(summary["recomputed_units"]))
     summary["report"] = _report(spec, run.store.url)
     if spec.compare.baseline:
         summary["comparison"] = _compare(spec, run.store.url)

@@ -31,7 +31,11 @@ def _settings(items: list[str], what: str) -> dict[str, dict]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="salaudit", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
+    add = sub.add_parser
+    sub.add_parser = lambda *a, **k: add(*a, parents=[common], **k)  # every command: --debug
 
     e = sub.add_parser("explain", help="compute saliency maps of a data set into a store")
     e.add_argument("--model", help=f"model spec (default {DEFAULTS.model})")
@@ -186,6 +190,16 @@ def _parser() -> argparse.ArgumentParser:
     v2.add_argument("--name", default="salaudit", help="the deployment's name")
     v2.add_argument("--cron", help='a cron schedule, e.g. "0 2 * * *"')
 
+    y = sub.add_parser(
+        "verify",
+        help="check a store against its done-markers; --repair recomputes the damaged "
+        "regions and what read them (exit 1 when damage is found and not repaired)",
+    )
+    y.add_argument("store", help="the store (path or s3:// URL)")
+    y.add_argument("--repair", action="store_true", help="recompute what is damaged")
+    y.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    y.add_argument("--quiet", action="store_true", help="no progress bars")
+
     s = sub.add_parser("show", help="save one sample's image and maps as a PNG")
     s.add_argument("--store", default=DEFAULTS.store.url)
     s.add_argument("--sample", type=int, required=True, help="dataset index of the sample")
@@ -235,6 +249,7 @@ def _explain(args: argparse.Namespace) -> None:
     from salaudit.pipeline.explain import explain
 
     out = explain(_explain_spec(args), fresh=args.fresh, progress=not args.quiet)
+    _repaired(out)
     print(
         f"salaudit: {out['samples']} samples x {len(out['methods'])} methods "
         f"({', '.join(out['methods'])}) on {out['device']}; {out['computed']} map regions "
@@ -257,6 +272,11 @@ def _explain(args: argparse.Namespace) -> None:
     )
 
 
+def _repaired(out: dict) -> None:
+    for line in out.get("repaired", []):
+        print(f"salaudit: damaged: {line}; recomputed with what read it")
+
+
 def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
@@ -271,7 +291,12 @@ def _attack(args: argparse.Namespace) -> None:
     for name, p in _settings(args.param, "--param").items():
         data["attack_params"][name] = {**data["attack_params"].get(name, {}), **p}
     if args.radii:
-        data["radii"] = [float(r) for r in _names(args.radii)]
+        try:
+            data["radii"] = [float(r) for r in _names(args.radii)]
+        except ValueError:
+            raise SalauditError(
+                f"bad --radii {args.radii!r}; write numbers in units of 1/255, e.g. 2,8,32"
+            ) from None
     spec = parse_spec(data, "the attack flags")
     out = attack(
         args.store,
@@ -282,6 +307,7 @@ def _attack(args: argparse.Namespace) -> None:
         device=args.device,
         progress=not args.quiet,
     )
+    _repaired(out)
     print(
         f"salaudit: {out['samples']} samples, maps of {', '.join(out['methods'])} recomputed on "
         f"attacked images; {out['computed']} parts computed, the rest were already in the store"
@@ -303,6 +329,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from salaudit.report.tables import comparisons_table
 
     out = evaluate(args.store, _names(args.metrics), device=args.device, progress=not args.quiet)
+    _repaired(out)
     print(
         f"salaudit: {out['samples']} samples; {out['computed']} metric parts computed, the rest "
         "were already in the store"
@@ -352,17 +379,24 @@ def _audit(args: argparse.Namespace) -> None:
     import logging
 
     from salaudit.flows.audit import run_audit
+    from salaudit.flows.cluster import check_cluster
     from salaudit.flows.server import prefect_api
+    from salaudit.flows.watchdog import guard
+    from salaudit.pipeline.audit import preflight
 
     spec = _spec(args).for_checkpoint(None)  # {checkpoint} is filled by a trigger only
+    preflight(spec, args.fresh)  # bad input fails here, before Prefect or Dask start
+    check_cluster(spec)
+    guard()  # the server and workers this process starts die with it
     if args.quiet or not args.verbose:  # the progress bar says it; the Prefect UI has the logs
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         for name in ("prefect", "distributed"):
             logging.getLogger(name).setLevel(logging.WARNING)
     with prefect_api() as api:
         print(f"salaudit: auditing into {spec.store.url}; Prefect API {api}", flush=True)
         out = run_audit(spec, fresh=args.fresh, progress=not args.quiet)
+    _repaired(out)
     print(
         f"salaudit: {out['samples']} samples, {out['units']} units "
         f"({len(out['recomputed_units'])} computed, the rest were already in the store)"
@@ -477,31 +511,117 @@ def _size(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from salaudit.pipeline.repair import repair, verify
+
+    if not args.repair:
+        problems = verify(args.store)
+        for p in problems:
+            print(f"salaudit: damaged: {p.line()}")
+        if problems:
+            print(
+                f"salaudit: {len(problems)} damaged chunk(s) in {args.store}; salaudit verify "
+                f"{args.store} --repair recomputes them and what read them"
+            )
+            return 1
+        print(f"salaudit: {args.store}: every done-marker holds what it recorded")
+        return 0
+    out = repair(args.store, device=args.device, progress=not args.quiet)
+    for p in out["problems"]:
+        print(f"salaudit: damaged: {p.line()}")
+    if not out["problems"]:
+        print(f"salaudit: {args.store}: every done-marker holds what it recorded; nothing to do")
+        return 0
+    print(
+        f"salaudit: repaired {args.store}: {len(out['removed'])} region(s) invalidated, "
+        f"{len(out['computed'])} part(s) recomputed, statistics rewritten"
+    )
+    _refresh_report(args.store)
+    return 0
+
+
+def _refresh_report(url: str) -> None:
+    """Rebuild the store's report where one was written (its default place)."""
+    from salaudit.inputs.uris import filesystem
+    from salaudit.report.html import write_report
+    from salaudit.store import schema
+
+    location = schema.report_location(url)
+    fs, path = filesystem(location)
+    if fs.exists(f"{path}/index.html"):
+        print(f"salaudit: report rebuilt in {write_report(url, location).location}")
+
+
+COMMANDS = {
+    "explain": _explain,
+    "attack": _attack,
+    "evaluate": _evaluate,
+    "show": _show,
+    "report": _report,
+    "audit": _audit,
+    "init": _init,
+    "plan": _plan,
+    "compare": _compare,
+    "deploy": _deploy,
+    "serve": _serve,
+    "verify": _verify,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    from salaudit.errors import RegressionFound
+    """Run a command. Every error reaches the user as one line `salaudit: error: ...` naming
+    the problem and the fix: exit 2 for bad input, 1 for a failed run or regression, 130 for
+    Ctrl-C; `--debug` shows the traceback instead."""
+    from salaudit.errors import AuditFailed, RegressionFound
 
     args = _parser().parse_args(argv)
     try:
-        commands = {
-            "explain": _explain,
-            "attack": _attack,
-            "evaluate": _evaluate,
-            "show": _show,
-            "report": _report,
-            "audit": _audit,
-            "init": _init,
-            "plan": _plan,
-            "compare": _compare,
-            "deploy": _deploy,
-            "serve": _serve,
-        }
-        return commands[args.command](args) or 0
+        return COMMANDS[args.command](args) or 0
     except SalauditError as e:
-        print(f"salaudit: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, e, f"salaudit: error: {e}", 2)
     except RegressionFound as e:
-        print(f"salaudit: regression: {e}", file=sys.stderr)
-        return 1
+        return _fail(args, e, f"salaudit: regression: {e}", 1)
+    except AuditFailed as e:
+        return _fail(args, e, f"salaudit: error: {e}", 1)
+    except KeyboardInterrupt as e:
+        message = "salaudit: interrupted: what was written is kept; running it again continues"
+        return _fail(args, e, message, 130)
+    except Exception as e:
+        known = translate(e)
+        if known is not None:
+            return _fail(args, e, f"salaudit: error: {known}", 2)
+        message = f"salaudit: error: {type(e).__name__}: {e}".splitlines()[0]
+        return _fail(args, e, f"{message} (salaudit {args.command} --debug shows where)", 1)
+
+
+def _fail(args: argparse.Namespace, error: BaseException, message: str, code: int) -> int:
+    if getattr(args, "debug", False):
+        raise error
+    print(message, file=sys.stderr)
+    return code
+
+
+def translate(error: BaseException) -> str | None:
+    """A fault from below salaudit (the file system, object storage, the Prefect API) as what
+    it means and the fix; None for what salaudit does not know."""
+    name = type(error).__name__
+    if name == "NoCredentialsError":
+        return (
+            "no credentials for object storage: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+        )
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectError", "ConnectTimeout"):
+        return (
+            f"cannot connect ({error}); check the endpoint (AWS_ENDPOINT_URL, storage_options, "
+            "PREFECT_API_URL or --cluster) and that the service runs"
+        )
+    if isinstance(error, PermissionError):
+        return f"permission denied: {error.filename}; write somewhere this user may"
+    if isinstance(error, OSError) and error.errno == 30:
+        return f"read-only file system: {error.filename}; write the store somewhere writable"
+    if isinstance(error, NotADirectoryError | FileExistsError):
+        return f"{error.filename} is a file where a folder is needed; choose another path"
+    return None
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 
 import dask
@@ -41,6 +42,25 @@ def task_runner(spec: AuditSpec) -> DaskTaskRunner:
         return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=kwargs)
     kwargs = {"n_workers": spec.workers or CPU_WORKERS, "threads_per_worker": 1, "processes": True}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+
+
+def check_cluster(spec: AuditSpec, timeout: float = 5.0) -> None:
+    """A scheduler address must answer within `timeout` seconds, before anything is written;
+    `cuda` needs GPUs."""
+    if spec.cluster == "cuda" and not gpu_count():
+        raise SalauditError("cluster: cuda asked for, but NVML finds no GPU; use local or auto")
+    if "://" not in spec.cluster:
+        return
+    address = spec.cluster.split("://", 1)[1]
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or address, int(port or 8786)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as error:
+        raise SalauditError(
+            f"cannot reach the Dask scheduler at {spec.cluster} within {timeout:g} s ({error}); "
+            "start it (dask scheduler, then dask worker ADDRESS) or fix cluster/--cluster"
+        ) from None
 
 
 def worker_count(spec: AuditSpec) -> int | None:

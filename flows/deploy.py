@@ -11,10 +11,12 @@ concurrency limit of 1 (enqueue on collision) keeps runs from overlapping.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import flow, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
@@ -24,7 +26,7 @@ from prefect.types.entrypoint import EntrypointType
 from prefect.variables import Variable
 
 from salaudit.errors import SalauditError
-from salaudit.flows.audit import run_audit
+from salaudit.flows.audit import expected_failures, run_audit
 from salaudit.inputs.uris import is_remote
 from salaudit.pipeline.spec import AuditSpec, parse_spec
 from salaudit.store.checkpoints import Watermark, list_checkpoints, new_checkpoints
@@ -35,6 +37,7 @@ DEFAULT_PATTERN = "*.pt"
 
 
 @flow(name="salaudit-scheduled-audit", log_prints=True)
+@expected_failures
 def scheduled_audit(
     spec: dict[str, Any], checkpoint: str | None = None, fresh: bool = False
 ) -> dict[str, Any]:
@@ -80,12 +83,19 @@ def require_api() -> str:
     """The configured Prefect API: a deployment in a temporary server would vanish with it."""
     from prefect.settings import PREFECT_API_URL
 
-    url = PREFECT_API_URL.value()
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if not url:
         raise SalauditError(
             "deployments live on a Prefect server: start one (prefect server start) and set "
             "PREFECT_API_URL, e.g. http://127.0.0.1:4200/api"
         )
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as error:
+        raise SalauditError(
+            f"the Prefect API at PREFECT_API_URL={url} does not answer ({type(error).__name__}: "
+            f"{error}); start the server (prefect server start) or fix PREFECT_API_URL"
+        ) from None
     return url
 
 

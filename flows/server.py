@@ -6,6 +6,20 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from salaudit.errors import SalauditError
+
+TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+START_TIMEOUT = 120  # seconds; Prefect's 20 were missed on a loaded 2-core machine
+
+
+def start_timeout() -> float:
+    """How long a temporary server may take to start: the setting where the user gave it."""
+    given = os.environ.get(TIMEOUT_SETTING)
+    try:
+        return float(given) if given else START_TIMEOUT
+    except ValueError:
+        raise SalauditError(f"{TIMEOUT_SETTING}={given!r} is not a number of seconds") from None
+
 
 @contextlib.contextmanager
 def prefect_api() -> Iterator[str]:
@@ -21,7 +35,18 @@ def prefect_api() -> Iterator[str]:
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = SubprocessASGIServer()
-    server.start()
+    timeout = start_timeout()
+    try:
+        server.start(timeout=timeout)
+    except RuntimeError as error:
+        server.stop()
+        if "Timed out" not in str(error):
+            raise
+        raise SalauditError(
+            f"the temporary Prefect server did not answer within {timeout:g} s (a loaded "
+            "machine?); start one (prefect server start) and set PREFECT_API_URL to it, or "
+            f"raise {TIMEOUT_SETTING}"
+        ) from None
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
     try:

@@ -11,3 +11,8 @@ class StoreConflict(SalauditError):
 
 class RegressionFound(Exception):
     """An audit compared with its baseline regressed beyond a threshold (exit code 1)."""
+
+
+class AuditFailed(RuntimeError):
+    """Some units of an audit failed; the others are written and a re-run recomputes only the
+    rest (exit code 1)."""

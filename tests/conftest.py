@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from salaudit import load_dataset, load_model
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: one each
+    torch.set_num_threads(1)
 from salaudit.inputs.selection import Selection, select_samples
 
 

@@ -108,3 +108,11 @@ def explain_spec(
             **fields,
         }
     )
+
+
+NOT_CALLABLE = 3  # python:support:NOT_CALLABLE names no factory
+
+
+def raising_factory() -> nn.Module:
+    """A factory that fails, as a user's might."""
+    raise RuntimeError("the checkpoint server is down")

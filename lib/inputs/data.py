@@ -102,6 +102,19 @@ def check_images(images: torch.Tensor, index: np.ndarray, shape: tuple[int, ...]
         )
 
 
+def _class_indices(labels: np.ndarray, url: str) -> np.ndarray:
+    """Labels as int64 class indices; float or negative labels are refused, not cast."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise SalauditError(
+            f"labels of {url} are {labels.dtype}; store integer class indices (int64), not "
+            "floats or strings"
+        )
+    if labels.size and labels.min() < 0:
+        raise SalauditError(f"labels of {url} hold {labels.min()}; class indices start at 0")
+    return labels.astype(np.int64)
+
+
 def load_dataset(spec: str) -> Dataset:
     """Open a data set.
 
@@ -236,8 +249,14 @@ class FolderDataset(Dataset):
     def _read(self, i: int) -> tuple[torch.Tensor, np.ndarray | None]:
         from PIL import Image
 
-        img = Image.open(io.BytesIO(self.fs.cat_file(f"{self.root}/{self.files[i]}")))
-        img = img.convert("RGB")
+        try:
+            img = Image.open(io.BytesIO(self.fs.cat_file(f"{self.root}/{self.files[i]}")))
+            img = img.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for a damaged file
+            raise SalauditError(
+                f"cannot read image {self.url}/{self.files[i]} ({type(e).__name__}: {e}); "
+                "replace the file or remove it from the folder"
+            ) from None
         box = None if self.boxes is None else self.boxes[i].astype(np.float64)
         if self.resize:
             scale = self.resize / min(img.size)
@@ -312,7 +331,7 @@ class ZarrDataset(Dataset):
         self.bbox = group["bbox"] if "bbox" in group.array_keys() else None
         self.has_boxes = self.bbox is not None
         self.image_shape = tuple(self.image.shape[1:])
-        self.labels_ = np.asarray(self.label[:], dtype=np.int64)
+        self.labels_ = _class_indices(self.label[:], self.url)
         self.num_classes = int(group.attrs.get("num_classes", self.labels_.max() + 1))
 
     def __len__(self) -> int:

@@ -207,16 +207,30 @@ def read_state_dict(url: str) -> dict[str, torch.Tensor]:
     fs, path = filesystem(url)
     if not fs.exists(path):
         raise SalauditError(f"weights file {url} does not exist")
+    if fs.size(path) == 0:
+        raise SalauditError(f"weights file {url} is empty (0 bytes); save the state dict again")
     with fs.open(path, "rb") as f:
         try:
             state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise SalauditError(f"cannot read weights file {url}: {e}") from None
+            raise SalauditError(f"cannot read weights file {url}: {_load_failure(e)}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise SalauditError(f"weights file {url} holds no state dict")
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch could not load a file, without its advice to load it running its code."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    marker = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
+    reason = lines[marker + 1] if marker is not None and marker + 1 < len(lines) else None
+    reason = reason or (lines[0] if lines else type(error).__name__)
+    return (
+        f"it is not a state dict of tensors that loads without running code ({reason[:200]}); "
+        "salaudit loads weights only: save model.state_dict() with torch.save"
+    )
 
 
 def _torchvision(spec: SpecString, progress: bool) -> PixelModel:
@@ -274,7 +288,17 @@ def _python(spec: SpecString, progress: bool) -> PixelModel:
             f"cannot import python:{spec.target} ({e}); write python:<module>:<factory> with the "
             "module importable"
         ) from None
-    net = factory()
+    if not callable(factory):
+        raise SalauditError(
+            f"python:{spec.target} is a {type(factory).__name__}, not a callable factory; name "
+            "a function that returns the model"
+        )
+    try:
+        net = factory()
+    except Exception as e:
+        raise SalauditError(
+            f"python:{spec.target} raised {type(e).__name__}: {e}; fix the factory"
+        ) from None
     if isinstance(net, PixelModel):
         return net
     if not isinstance(net, nn.Module):
@@ -283,8 +307,15 @@ def _python(spec: SpecString, progress: bool) -> PixelModel:
     if shape is None:
         raise SalauditError(f"python:{spec.target}: state the input shape with ?shape=CxHxW")
     shape = parse_shape(shape) if isinstance(shape, str) else tuple(shape)
-    with torch.no_grad():
-        out = net.eval()(torch.zeros(1, *shape))
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(1, *shape))
+    except Exception as e:
+        raise SalauditError(
+            f"python:{spec.target} cannot take images of shape {shape} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give the shape it takes "
+            "with ?shape=CxHxW"
+        ) from None
     return PixelModel(net, input_shape=shape, num_classes=int(out.shape[-1]))
 
 

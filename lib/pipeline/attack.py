@@ -118,7 +118,7 @@ def run_attack(run: Run, job: AttackJob, start: int, stop: int) -> list[str]:
         store.write(schema.attack(job.name, "image"), start, adv.cpu().numpy())
         for name in RESULT_FIELDS:
             store.write(schema.attack(job.name, name), start, getattr(result, name).cpu().numpy())
-        store.mark_done(schema.attack(job.name), start, stop)
+        store.mark_done(schema.attack(job.name), start, stop, (schema.inputs(),))
         computed.append(job.name)
     per_image = adv.shape[1] if adv.ndim == 5 else 1
     flat = adv.flatten(0, 1) if adv.ndim == 5 else adv
@@ -136,7 +136,7 @@ def run_attack(run: Run, job: AttackJob, start: int, stop: int) -> list[str]:
     for m, maps in method_maps(run.model, todo, flat, rows_target, context):
         path = schema.attack_map(job.name, m.name)
         store.write(path, start, maps.detach().float().view(adv.shape).cpu().numpy())
-        store.mark_done(path, start, stop)
+        store.mark_done(path, start, stop, (schema.inputs(), schema.attack(job.name)))
         computed.append(f"{job.name}:{m.name}")
     return computed
 
@@ -198,6 +198,7 @@ def attack(
             bar.update()
     bar.close()
     summary = {"store": run.store.url, "samples": len(run.samples), "computed": len(computed)}
+    summary["repaired"] = run.repaired
     summary["attacks"] = {job.name: _success_share(run, job) for job in jobs}
     summary["methods"] = [m.name for m in run.methods]
     return summary

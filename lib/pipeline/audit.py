@@ -20,9 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import SalauditError
+from ..inputs.data import load_dataset
+from ..inputs.models import load_model
 from ..methods.registry import Method
 from ..store import schema
-from ..store.store import Store
+from ..store.lease import Lease, StoreBusy
+from ..store.store import Store, check_reachable
 from ..version import environment
 from .attack import AttackJob, attack_jobs, layout_attacks, run_attack
 from .evaluate import Evaluation, evaluation_for, layout_metrics, run_metrics, statistics
@@ -147,6 +151,34 @@ def plan_audit(spec: AuditSpec, run: Run) -> AuditPlan:
     return AuditPlan(spec, run.regions, method_groups(run.methods), attacks, evaluation)
 
 
+def preflight(spec: AuditSpec, fresh: bool = False) -> None:
+    """The checks an audit can make before any cluster or Prefect starts, none of which
+    writes: the store's place (reachable, writable), the baseline to compare with, another
+    audit's lease, and the store's identity against this spec's model, data and selection."""
+    spec.for_checkpoint(None)
+    check_reachable(spec.store.url, spec.storage_options())
+    if spec.compare.baseline:
+        baseline = Store(spec.compare.baseline, spec.storage_options())
+        if not baseline.exists() or not baseline.has(schema.METRICS):
+            raise SalauditError(
+                f"compare.baseline {spec.compare.baseline} holds no audit's metrics; give the "
+                "store of an earlier audit of the same data"
+            )
+    holder = Lease(spec.store.url, spec.storage_options()).holder()
+    if holder and spec.lease_wait == 0:
+        raise StoreBusy(holder)
+    store = Store(spec.store.url, spec.storage_options())
+    if store.exists() and not fresh:
+        model, dataset = load_model(spec.model, progress=False), load_dataset(spec.data)
+        identity = {
+            "model_fingerprint": model.fingerprint,
+            "data_fingerprint": dataset.fingerprint,
+            "selection": spec.sample_selection().to_dict(),
+            "seed": spec.seed,
+        }
+        store.check_identity(identity, {"model": spec.model, "data": spec.data})
+
+
 def prepare_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True):
     """(run, plan): everything loaded and checked, every template laid out, nothing computed."""
     run = prepare(spec, fresh, progress)
@@ -169,6 +201,7 @@ def run_unit(run: Run, plan: AuditPlan, unit: Unit) -> dict:
     it computed, how many seconds it took)."""
     region = (unit.start, unit.stop)
     started = time.perf_counter()
+    run.store.forget_writes()
     if unit.stage is Stage.INPUTS:
         computed = [] if run_inputs(run, *region)["skipped"] else [Stage.INPUTS.value]
     elif unit.stage is Stage.MAPS:
@@ -188,12 +221,14 @@ def run_unit(run: Run, plan: AuditPlan, unit: Unit) -> dict:
     }
 
 
-def finish(run: Run, plan: AuditPlan) -> dict[str, np.ndarray] | None:
-    """Statistics over every sample, written to `stats` (None when no metrics were asked)."""
+def finish(run: Run, plan: AuditPlan, changed: bool = True) -> dict[str, np.ndarray] | None:
+    """Statistics over every sample, written to `stats` where a unit `changed` the store or
+    they are missing (None when no metrics were asked)."""
     if not plan.evaluation:
         return None
     table = statistics(plan.evaluation)
-    schema.write_stats(run.store, table)
+    if changed or not run.store.done_regions(schema.STATS):
+        schema.write_stats(run.store, table)
     return table
 
 
@@ -238,7 +273,7 @@ def audit_direct(spec: AuditSpec, fresh: bool = False, progress: bool = True) ->
     outcomes, device = {}, device_name(run.device)
     for unit in tqdm(plan.units(), desc="audit", disable=not progress, file=sys.stderr):
         outcomes[unit] = {**run_unit(run, plan, unit), "device": device}
-    finish(run, plan)
+    finish(run, plan, any(o["computed"] for o in outcomes.values()))
     run.store.record_audit(audit_record(spec, started, outcomes, {}, orchestrator="in-process"))
     computed = sum(len(o["computed"]) for o in outcomes.values())
     return {"store": run.store.url, "samples": len(run.samples), "computed": computed}

@@ -211,6 +211,7 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
         source=source,
         seed=run.spec.seed,
     )
+    done = functools.cache(lambda stage: store.is_done(stage, start, stop))
     computed = []
     for fam in ev.families:
         if not fam.per_method:
@@ -220,8 +221,10 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
             for a in _cells(ev, fam, m.name):
                 own = a if fam.dim == "attack" else None
                 stage = schema.metric_marker(fam.name, m.name, own)
-                if store.is_done(stage, start, stop):
-                    continue
+                reads = (schema.inputs(), schema.map_path(m.name))
+                reads += (schema.attack(a), schema.attack_map(a, m.name)) if a else ()
+                if done(stage) or not all(done(r) for r in reads):
+                    continue  # done, or never computed from what is not (or no longer) there
                 cell = Cell(
                     **base,
                     keys=run.keys(start, stop, fam.name),
@@ -234,7 +237,7 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
                 index = (method_at[m.name], *((attack_at[a],) if own else ()))
                 for var, v in fam.compute(cell).items():
                     store.write_cell(schema.metric(var), start, index, v.float().cpu().numpy())
-                store.mark_done(stage, start, stop)
+                store.mark_done(stage, start, stop, reads)
                 computed.append(stage)
     return computed
 
@@ -257,7 +260,7 @@ def _per_population(ev: Evaluation, fam: Family, base: dict, start: int, stop: i
             continue  # done, or its population is not written yet (a later evaluate scores it)
         (values,) = fam.compute(Cell(**base, generator=g)).values()
         store.write(schema.metric(per_generator(fam, g)), start, values.float().cpu().numpy())
-        store.mark_done(stage, start, stop)
+        store.mark_done(stage, start, stop, (schema.inputs(), schema.decoys(g)))
         done.append(stage)
     return done
 
@@ -290,7 +293,7 @@ def evaluate(
     ):
         computed += run_metrics(ev, start, stop)
     table = statistics(ev)
-    if computed or not run.store.has(schema.STATS):
+    if computed or not run.store.done_regions(schema.STATS):  # new cells, or stats damaged
         schema.write_stats(run.store, table)
     return {
         "store": run.store.url,
@@ -299,4 +302,5 @@ def evaluate(
         "computed": len(computed),
         "notes": ev.notes,
         "table": table,
+        "repaired": run.repaired,
     }

@@ -22,8 +22,8 @@ from ..methods.boundary_search import FINDER_CODES, Boundary, find_boundary
 from ..methods.context import Context
 from ..methods.decoys import DecoyConfig, Decoys, make_decoys, masks_for, members
 from ..methods.registry import Method
-from ..store import schema
-from ..store.store import Store
+from ..store import integrity, schema
+from ..store.store import Store, check_reachable
 from ..version import __version__
 from .run import Run, load_parts, make_run
 from .spec import AuditSpec, parse_spec
@@ -51,12 +51,27 @@ def prepare(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> Run:
         "shard_size": spec.shard_size,
         "config": spec.recorded(),
     }
+    check_reachable(spec.store.url, spec.storage_options())
     store = Store.open(
-        spec.store.url, identity, attrs, fresh=fresh, storage_options=spec.storage_options()
+        spec.store.url,
+        identity,
+        attrs,
+        fresh=fresh,
+        storage_options=spec.storage_options(),
+        run={"model": spec.model, "data": spec.data},
     )
     run = make_run(spec, model, dataset, methods, samples, store, device)
+    run.repaired = undo_damage(store)
     _layout(run)
     return run
+
+
+def undo_damage(store: Store) -> list[str]:
+    """Check every done-marker against the store (`store.integrity`) and remove the markers of
+    damaged regions and of what read them, so this run recomputes them; returns the problems."""
+    problems = integrity.verify(store)
+    integrity.invalidate(store, problems)
+    return [p.line() for p in problems]
 
 
 def reopen(
@@ -65,9 +80,11 @@ def reopen(
     device: str = "auto",
     progress: bool = False,
     methods: list[str] | None = None,
+    require_inputs: bool = True,
 ) -> Run:
     """The run behind an existing store, its methods (all in `maps`, or `methods`) rebuilt
-    from the parameters stored with their maps: what later stages (attack, evaluate) need."""
+    from the parameters stored with their maps: what later stages (attack, evaluate) need
+    (with `require_inputs`, a store whose inputs are not all written is refused)."""
     store = Store(url, storage_options)
     if not store.exists():
         raise SalauditError(f"there is no store at {url}; run salaudit explain --store {url} first")
@@ -87,7 +104,7 @@ def reopen(
     data["store"]["storage_options"] = dict(storage_options or {})
     run = prepare(parse_spec(data, f"the spec of store {url}"), progress=progress)
     unwritten = [r for r in run.regions if not store.is_done(schema.inputs(), *r)]
-    if unwritten:
+    if unwritten and require_inputs:
         raise SalauditError(
             f"store {url} has unwritten inputs for samples {unwritten[0]}; finish salaudit "
             "explain on it first"
@@ -182,7 +199,7 @@ def _boundary(run: Run, x, target, start: int, stop: int) -> Boundary:
     stored |= {f"distance_{name}": dist for name, dist in found.by_finder.items()}
     for name, value in stored.items():
         store.write(schema.boundary(name), start, value.cpu().numpy())
-    store.mark_done(schema.boundary(), start, stop)
+    store.mark_done(schema.boundary(), start, stop, reads=(schema.inputs(),))
     return found
 
 
@@ -219,7 +236,7 @@ def run_maps(run: Run, start: int, stop: int, on_method: Callable[[str], None] |
     for m in plain:
         if m in todo:
             ctx = Context(run.keys(start, stop, m.name), run.micro_batch, run.references, extra)
-            _write_map(run, m.name, start, stop, m(run.model, x, target, ctx))
+            _write_map(run, m, start, stop, m(run.model, x, target, ctx))
             done.append(m.name)
         tick(m.name)
     for cfg in run.decoy_configs():
@@ -256,10 +273,10 @@ def _run_decoy_methods(run, cfg, x, target, start, stop, tick) -> list[str]:
         maps = users[0].decoy_maps(run.model, x, target, decoys, ctx)
         if base in todo_bases:
             run.store.write(schema.decoy_saliency(g, base), start, maps.cpu().numpy())
-            run.store.mark_done(schema.decoy_saliency(g, base), start, stop)
+            run.store.mark_done(schema.decoy_saliency(g, base), start, stop, (schema.inputs(),))
         for m in users:
             if m in todo:
-                _write_map(run, m.name, start, stop, m.aggregate(maps))
+                _write_map(run, m, start, stop, m.aggregate(maps))
                 computed.append(m.name)
             tick(m.name)
     return computed
@@ -291,9 +308,11 @@ def method_maps(model, methods: list[Method], x, target, context: Callable[[str]
                     yield m, m.aggregate(population)
 
 
-def _write_map(run: Run, name: str, start: int, stop: int, values: torch.Tensor) -> None:
-    run.store.write(schema.map_path(name), start, values.detach().float().cpu().numpy())
-    run.store.mark_done(schema.map_path(name), start, stop)
+def _write_map(run: Run, m: Method, start: int, stop: int, values: torch.Tensor) -> None:
+    """A method's maps of a region; its marker says it read the inputs (and the boundary)."""
+    reads = (schema.inputs(), *((schema.boundary(),) if m.boundary else ()))
+    run.store.write(schema.map_path(m.name), start, values.detach().float().cpu().numpy())
+    run.store.mark_done(schema.map_path(m.name), start, stop, reads)
 
 
 def _write_population(run: Run, g: str, decoys: Decoys, x, start: int, stop: int) -> None:
@@ -309,7 +328,7 @@ def _write_population(run: Run, g: str, decoys: Decoys, x, start: int, stop: int
     for name, value in decoys.diagnostics().items():
         lead = torch.full((len(x), 1), first[name], dtype=value.dtype, device=value.device)
         run.store.write(schema.decoys(g, name), start, torch.cat([lead, value], 1).cpu().numpy())
-    run.store.mark_done(schema.decoys(g), start, stop)
+    run.store.mark_done(schema.decoys(g), start, stop, (schema.inputs(),))
 
 
 def explain(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict:
@@ -339,6 +358,7 @@ def explain(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict
         "computed": len(computed),
         "device": str(run.device),
         "model_fingerprint": run.model.fingerprint,
+        "repaired": run.repaired,
     }
     if run.boundary_config():
         success = run.store.read(schema.boundary("success"))

@@ -3,7 +3,7 @@ which every stage fills regions of."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from ..inputs.models import PixelModel, load_model
 from ..methods.boundary_search import BoundaryConfig
 from ..methods.decoys import DecoyConfig
 from ..methods.registry import Method
-from ..store import schema
+from ..store import integrity, schema
 from ..store.store import Store
 from .spec import AuditSpec
 
@@ -35,6 +35,8 @@ class Run:
     device: torch.device
     micro_batch: int
     references: torch.Tensor | None
+    repaired: list[str] = field(default_factory=list)  # integrity problems found and undone
+    _markers: dict = field(default_factory=dict, repr=False)
 
     @property
     def regions(self) -> list[tuple[int, int]]:
@@ -53,8 +55,19 @@ class Run:
         return next((m.boundary for m in self.methods if m.boundary), None)
 
     def read(self, path: str, start: int, stop: int) -> torch.Tensor:
-        """Samples [start, stop) of the array at `path`, on the run's device."""
-        return torch.from_numpy(self.store.read(path, start, stop)).to(self.device)
+        """Samples [start, stop) of the array at `path`, on the run's device; values that do not
+        hold what the region's done-marker recorded are an IntegrityError, never read on."""
+        values = self.store.read(path, start, stop)
+        stage = schema.marker_of(path)
+        if stage is not None:
+            key = (stage, start, stop)
+            if key not in self._markers:
+                found = self.store.marker(*key)
+                if found is None:
+                    return torch.from_numpy(values).to(self.device)
+                self._markers[key] = found
+            integrity.check_region(self.store, path, start, stop, values, self._markers[key])
+        return torch.from_numpy(values).to(self.device)
 
     def inputs(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The stored images and targets (clean predictions) of samples [start, stop)."""

@@ -383,6 +383,11 @@ def load_spec(path: str | Path | None) -> AuditSpec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise SalauditError(f"{path} is not valid YAML: {e}") from None
-    if data is not None and not isinstance(data, dict):
+    if not data:
+        raise SalauditError(
+            f"spec file {path} is empty; write the fields to change (salaudit init {path} writes "
+            "them all), or run without a spec for the default audit"
+        )
+    if not isinstance(data, dict):
         raise SalauditError(f"{path} must hold a mapping of spec fields, not {type(data).__name__}")
     return parse_spec(data, str(path))

@@ -58,18 +58,27 @@ class Lease:
                 self._remove()  # the holder stopped renewing: it crashed
                 continue
             if time.monotonic() >= deadline:
-                who = current or {}
-                raise StoreBusy(
-                    f"store {self.url} is in use by another audit ({who.get('holder') or 'run'} "
-                    f"on {who.get('host')}, pid {who.get('pid')}, lease until "
-                    f"{time.strftime('%H:%M:%S', time.localtime(who.get('expires', 0)))}); "
-                    "wait for it to finish, raise lease_wait to queue behind it, or use another "
-                    "store"
-                )
+                raise StoreBusy(self._busy(current or {}))
             time.sleep(POLL)
         self._thread = threading.Thread(target=self._renew, daemon=True, name="salaudit-lease")
         self._thread.start()
         return self
+
+    def holder(self) -> str | None:
+        """Why the store is busy, if a live lease is held on it now (None if it is free)."""
+        current = self.read()
+        if current and current.get("expires", 0) >= time.time():
+            return self._busy(current)
+        return None
+
+    def _busy(self, who: dict) -> str:
+        return (
+            f"store {self.url} is in use by another audit ({who.get('holder') or 'run'} "
+            f"on {who.get('host')}, pid {who.get('pid')}, lease until "
+            f"{time.strftime('%H:%M:%S', time.localtime(who.get('expires', 0)))}); "
+            "wait for it to finish, raise lease_wait to queue behind it, or use another "
+            "store"
+        )
 
     def release(self) -> None:
         self._stop.set()

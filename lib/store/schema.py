@@ -100,9 +100,29 @@ def metric(name: str = "") -> str:
     return join(METRICS, name)
 
 
+def layout_marker(path: str) -> str:
+    """The done-marker of a coordinate written at layout (sample indices, labels, radii)."""
+    return join("layout", path)
+
+
 def metric_marker(family: str, who: str, attack_name: str | None = None) -> str:
     """The done-marker of one metric family's cells of method (or generator) `who`."""
     return join(METRICS, family, who, attack_name or "")
+
+
+def marker_of(path: str) -> str | None:
+    """The done-marker stage that vouches for the array at `path` (None: metric cells, whose
+    markers are per family and method, and what no region marker covers)."""
+    parts = path.split("/")
+    if parts[0] in (INPUTS, BOUNDARY):
+        return parts[0]
+    if parts[0] == MAPS and len(parts) == 2:
+        return path
+    if parts[0] == DECOYS and len(parts) >= 3:
+        return path if parts[2] == "saliency" else decoys(parts[1])
+    if parts[0] == ATTACKS and len(parts) >= 3:
+        return path if parts[2] == MAPS else attack(parts[1])
+    return None
 
 
 def report_location(store_url: str) -> str:
@@ -295,15 +315,17 @@ def layout_metric(
 
 
 def write_stats(store: Store, table: dict[str, np.ndarray]) -> None:
-    """Replace the `stats` group with `table` (derived data, one writer)."""
+    """Replace the `stats` group with `table` (derived data, one writer), done-marked."""
     root = store.root()
     if store.has(STATS):
         del root[STATS]
+    for start, stop in store.done_regions(STATS):
+        store.remove_marker(STATS, start, stop)
     grp = root.create_group(STATS)
     n = len(table[STATS_TEXT[0]])
-    for key, values in table.items():
+    for key in table:
         text = key in STATS_TEXT
-        arr = grp.create_array(
+        grp.create_array(
             key,
             shape=(n,),
             chunks=(max(n, 1),),
@@ -311,6 +333,8 @@ def write_stats(store: Store, table: dict[str, np.ndarray]) -> None:
             dimension_names=("comparison",),
             fill_value=None if text else np.nan,
         )
-        if n:
-            arr[:] = values
     store.consolidate()
+    for key, values in table.items():
+        if n:
+            store.write(join(STATS, key), 0, values)
+    store.mark_done(STATS, 0, n, arrays=tuple(join(STATS, k) for k in table))
