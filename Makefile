@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## the main job on the embedded default
 	$(VENV)/bin/salaudit audit
 
-test: $(STAMP)  ## every test, slow ones included (what CI runs)
-	$(PY) -m pytest
+test: $(STAMP)  ## every test, slow ones included (what CI runs), in two test processes
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)  ## the everyday tier
 	$(PY) -m pytest -m "not slow"
