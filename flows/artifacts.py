@@ -3,6 +3,7 @@ metric, and the comparison with a baseline."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +18,7 @@ from salaudit.report.compare import Comparison
 from salaudit.report.html import Report
 from salaudit.report.tables import artifact_rows, headline_table
 
+PROGRESS_SECONDS = 5.0
 HEADLINE_NOTE = (
     "Means over samples; ↑ higher is better, ↓ lower is better; * beats its reference "
     "(one-sided paired t-test, Holm-corrected p < 0.05)."
@@ -24,16 +26,19 @@ HEADLINE_NOTE = (
 
 
 class Progress:
-    """The progress artifact of an audit's units."""
+    """The progress artifact of an audit's units, updated at most every `every` seconds (one
+    API call each), and at the end."""
 
-    def __init__(self, total: int, url: str):
-        self.total = max(1, total)
+    def __init__(self, total: int, url: str, every: float = PROGRESS_SECONDS):
+        self.total, self.every, self.shown = max(1, total), every, time.monotonic()
         self.id: UUID = create_progress_artifact(
             0.0, key="salaudit-progress", description=f"units of the audit into {url}"
         )
 
-    def update(self, finished: int) -> None:
-        update_progress_artifact(self.id, 100.0 * finished / self.total)
+    def update(self, finished: int, final: bool = False) -> None:
+        if final or time.monotonic() - self.shown >= self.every:
+            update_progress_artifact(self.id, 100.0 * finished / self.total)
+            self.shown = time.monotonic()
 
 
 def report_artifacts(report: Report, url: str) -> None:

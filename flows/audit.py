@@ -10,6 +10,7 @@ and ends with the report: the HTML beside the store and its artifacts (`flows.ar
 from __future__ import annotations
 
 import functools
+import json
 import queue
 import sys
 import time
@@ -26,9 +27,10 @@ from salaudit.flows.cluster import (
     describe,
     gpu_slots,
     task_runner,
+    worker_count,
     worker_threads,
 )
-from salaudit.pipeline.audit import AuditPlan, Unit, audit_record, finish, prepare_audit, unit_done
+from salaudit.pipeline.audit import AuditPlan, Unit, audit_record, finish, prepare_audit
 from salaudit.pipeline.scheduler import Scheduler
 from salaudit.pipeline.spec import AuditSpec, parse_spec
 from salaudit.report.compare import compare_stores, metrics_store
@@ -70,7 +72,7 @@ def audit(spec: dict[str, Any], fresh: bool = False, progress: bool = False) -> 
 
 def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
     started = time.time()
-    run, plan = prepare_audit(spec, fresh, progress)
+    run, plan = prepare_audit(spec, fresh, progress, _workers(spec))
     attrs = run.store.attrs()
     identity = {k: attrs.get(k, "") for k in ("model_fingerprint", "data_fingerprint", "store_id")}
     results, failures = _fan_out(spec, plan, identity, run.store, progress)
@@ -83,6 +85,7 @@ def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
         "samples": len(run.samples),
         "units": len(plan.units()),
         "computed": sum(len(r["computed"]) for r in results.values()),
+        "submitted": sum(not r.get("done") for r in results.values()) + len(failures),
         "recomputed_units": sorted(u.label for u, r in results.items() if r["computed"]),
         "failed": record["failed"],
         "notes": plan.notes,
@@ -130,47 +133,60 @@ def _report(spec: AuditSpec, url: str) -> str | None:
     return report.location
 
 
+def _workers(spec: AuditSpec) -> int:
+    """The workers units are sized for: the local cluster's, or those of the scheduler."""
+    from distributed import get_client
+
+    try:
+        return worker_count(spec) or len(get_client().scheduler_info()["workers"]) or 1
+    except ValueError:
+        return 1
+
+
 def _fan_out(spec: AuditSpec, plan: AuditPlan, identity, store: Store, progress: bool):
-    """Submit each unit as soon as the units it reads have completed; a failed unit marks its
-    dependants as not run. Returns every outcome and failure."""
+    """Submit each unit the store's done-markers (one listing) do not vouch for, as soon as
+    the units it reads have completed; a failed unit marks its dependants as not run. Returns
+    every outcome (done units: nothing computed, `done`) and failure."""
     from tqdm.auto import tqdm
 
-    units = plan.units()
+    units, done = plan.units(), store.done_markers()
     schedule = Scheduler(units, plan.needs)
     shown = artifacts.Progress(len(units), store.url)
     bar = tqdm(total=len(units), desc="audit", unit="unit", disable=not progress, file=sys.stderr)
     task = audit_unit.with_options(retries=spec.retries)
-    payload, threads = spec.model_dump(mode="json"), worker_threads(spec)
+    payload, threads = spec.model_dump_json(), worker_threads(spec)
+    identity_json = json.dumps(identity, sort_keys=True)
     finished: queue.Queue = queue.Queue()
     running: dict[Any, Unit] = {}
     results: dict[Unit, dict] = {}
 
-    def submit(unit: Unit) -> None:
-        fresh = not unit_done(store, unit)  # the store, not the cache, says what is done
-        future = task.with_options(refresh_cache=fresh).submit(
-            payload, unit.to_dict(), identity, threads
-        )
-        running[future] = unit
-        future.add_done_callback(finished.put)
+    def release(ready: list[Unit]) -> None:
+        while ready:
+            unit = ready.pop(0)
+            if plan.is_done(unit, done):  # never submitted: the store says it is complete
+                results[unit] = {"stage": unit.kind, "computed": [], "done": True}
+                ready += schedule.done(unit)[0]
+                bar.update(1)
+                continue
+            future = task.submit(payload, unit.to_dict(), identity_json, threads)
+            running[future] = unit
+            future.add_done_callback(finished.put)
 
     with gpu_slots():
-        for unit in schedule.ready():
-            submit(unit)
+        release(schedule.ready())
         while running:
             future = finished.get()
             unit = running.pop(future)
             error = None
             try:
                 results[unit] = future.result()
-                if future.state.name == "Cached":  # found in the cache: nothing recomputed
-                    results[unit] = {**results[unit], "computed": [], "cached": True}
             except Exception as e:
                 error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
             released, skipped = schedule.done(unit, error)
-            for later in released:
-                submit(later)
+            release(released)
             bar.update(1 + len(skipped))
             shown.update(len(results) + len(schedule.failed))
+    shown.update(len(results) + len(schedule.failed), final=True)
     bar.close()
     return results, schedule.failed
 

@@ -476,29 +476,32 @@ def _init(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     from salaudit.flows.cluster import worker_count, worker_threads
     from salaudit.inputs.data import load_dataset
-    from salaudit.pipeline.estimate import estimate
+    from salaudit.pipeline.estimate import FLOW_START_SECONDS, FLOW_UNIT_SECONDS, estimate
 
     spec = _spec(args)
     n = min(spec.sample_selection().n or 10**12, len(load_dataset(spec.data)))
-    print("salaudit: calibrating one sample through every stage on this machine ...", flush=True)
-    est = estimate(spec, n)
-    workers = worker_count(spec) or "the scheduler's"
+    print("salaudit: calibrating every stage on this machine (1 sample, then 4) ...", flush=True)
+    workers, threads = worker_count(spec), worker_threads(spec)
+    est = estimate(spec, n, workers or 1, threads)
+    shown = workers or "the scheduler's"
     print(f"audit of {n} samples of {spec.data} by {spec.model} into {spec.store.url}")
     print(f"  methods: {', '.join(spec.methods)}")
     print(f"  attacks: {', '.join(spec.attacks) or 'none'}")
+    print(f"  cluster: {spec.cluster} ({shown} workers, {threads} torch threads each)")
+    print(f"  {est.shards} shards of up to {spec.shard_size} samples, {est.units} units (tasks)")
+    print("  per stage: images through the model per sample; seconds per shard + per sample")
+    for stage, per in est.stage_sample_seconds.items():
+        print(
+            f"    {stage:<8} {est.model_rows[stage]:>9,.0f} images "
+            f"{est.stage_shard_seconds[stage]:>7.2f} s + {per:>7.3f} s"
+        )
     print(
-        f"  cluster: {spec.cluster} ({workers} workers, {worker_threads(spec)} torch threads each)"
+        f"  estimated time: {est.seconds / 60:.1f} min ({FLOW_START_SECONDS:.0f} s start, "
+        f"{FLOW_UNIT_SECONDS * est.units:.0f} s for the units, the compute on "
+        f"{est.parallel:g} workers' worth of this machine)"
     )
-    print(f"  {est.shards} shards of up to {spec.shard_size} samples, {est.units} tasks")
-    print("  per stage, per sample: images through the model, seconds on this machine")
-    for stage, seconds in est.stage_seconds.items():
-        print(f"    {stage:<8} {est.model_rows[stage]:>9,d} images {seconds:>8.2f} s")
-    parallel = min(workers, est.shards) if isinstance(workers, int) else 1
-    total = est.seconds / parallel
-    print(f"  estimated time: {total / 60:.1f} min on {parallel} worker(s), from one sample")
     print(
-        f"  storage: {_size(est.bytes_per_sample * n)} uncompressed, about "
-        f"{_size(est.stored_bytes_per_sample * n)} as written"
+        f"  storage: about {_size(est.stored_bytes)} as written"
         + (" (decoy populations kept)" if spec.keep_decoys else "")
     )
 

@@ -10,8 +10,10 @@ import torch
 
 from salaudit import load_dataset, load_model
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: one each
-    torch.set_num_threads(1)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: one each,
+    torch.set_num_threads(1)  # and so do the programs they start (salaudit's CLI in a
+    os.environ["OMP_NUM_THREADS"] = "1"  # subprocess): OpenMP threads that outnumber the
+    # cores spin against each other and run many times slower
 from salaudit.inputs.selection import Selection, select_samples
 
 

@@ -123,7 +123,7 @@ def test_cli_plan_prints_shards_passes_time_and_size(tmp_path, capsys):
     path.write_text(yaml.safe_dump(small(str(tmp_path / "never-written"))))
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
-    for words in ("2 shards", "14 tasks", "images", "estimated time", "storage"):
+    for words in ("2 shards", "14 units (tasks)", "images", "estimated time", "storage"):
         assert words in out
     assert not (tmp_path / "never-written").exists()
 
@@ -298,6 +298,9 @@ def test_flow_on_two_workers_into_s3_equals_the_library(prefect_api, bucket, dir
 def test_a_failed_shard_leaves_the_rest_and_a_rerun_recomputes_only_it(
     prefect_api, tmp_path, monkeypatch, dataset
 ):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     from salaudit.inputs.selection import Selection, select_samples
 
     spec = small(
@@ -334,6 +337,13 @@ def test_a_failed_shard_leaves_the_rest_and_a_rerun_recomputes_only_it(
     assert len(regions(second)) == 2 * len(regions(first))
     out = run_flow(spec)
     assert out["recomputed_units"] == [] and marker_times(store.url) == second
+    assert out["submitted"] == 0  # a finished audit submits nothing: the store says it is done
+    with get_client(sync_client=True) as client:
+        record = store.audit_records()[-1]
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[record["flow_run"]["id"]]))
+        )
+        assert [r.name.rsplit("-", 1)[0] for r in runs] == ["report"]  # no unit's task run
 
 
 @pytest.mark.slow

@@ -11,8 +11,10 @@ orchestrated flow agrees with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
+from bisect import bisect_left
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -29,10 +31,20 @@ from ..store.lease import Lease, StoreBusy
 from ..store.store import Store, check_reachable
 from ..version import environment
 from .attack import AttackJob, attack_jobs, layout_attacks, run_attack
-from .evaluate import Evaluation, evaluation_for, layout_metrics, run_metrics, statistics
+from .evaluate import (
+    Evaluation,
+    evaluation_for,
+    layout_metrics,
+    metric_markers,
+    run_metrics,
+    statistics,
+)
 from .explain import prepare, run_inputs, run_maps
 from .run import Run, attach
 from .spec import AuditSpec
+
+UNIT_SAMPLES = 1024  # the most samples one unit covers
+UNITS_PER_WORKER = 16  # per stage: enough for a cluster's workers to balance their load
 
 
 class Stage(StrEnum):
@@ -46,9 +58,10 @@ class Stage(StrEnum):
 
 @dataclass(frozen=True)
 class Unit:
-    """One stage on samples [start, stop): `group` names the maps group (methods that share
-    decoys or a boundary search) or the attack; `names` are the group's methods or the metric
-    families."""
+    """One stage on samples [start, stop), one or several of the store's shards (each keeps its
+    own done-marker, and its chunks a single writer): `group` names the maps group (methods
+    that share decoys or a boundary search) or the attack; `names` are the group's methods or
+    the metric families."""
 
     stage: Stage
     start: int
@@ -83,13 +96,15 @@ class Unit:
 
 @dataclass
 class AuditPlan:
-    """What an audit computes on a prepared store (planned once, in the flow and per worker)."""
+    """What an audit computes on a prepared store (planned once, in the flow and per worker):
+    each stage's units cover `unit_shards` consecutive shards (`regions`)."""
 
     spec: AuditSpec
     regions: list[tuple[int, int]]
     groups: dict[str, list[str]]  # group -> its methods (sharing decoys or a boundary search)
     attacks: list[AttackJob]
     evaluation: Evaluation | None
+    unit_shards: int = 1
 
     @property
     def families(self) -> list[str]:
@@ -99,9 +114,37 @@ class AuditPlan:
     def notes(self) -> list[str]:
         return self.evaluation.notes if self.evaluation else []
 
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """The sample ranges of the units: `unit_shards` shards each."""
+        k, r = self.unit_shards, self.regions
+        return [(r[i][0], r[min(i + k, len(r)) - 1][1]) for i in range(0, len(r), k)]
+
     def units(self) -> list[Unit]:
         """Every unit, each after the units it needs."""
-        return [u for start, stop in self.regions for u in self._region(start, stop)]
+        return [u for start, stop in self.blocks for u in self._region(start, stop)]
+
+    def shards(self, unit: Unit) -> list[tuple[int, int]]:
+        """The store's shards (regions) a unit covers."""
+        starts = self._starts
+        return self.regions[bisect_left(starts, unit.start) : bisect_left(starts, unit.stop)]
+
+    @functools.cached_property
+    def _starts(self) -> list[int]:
+        return [start for start, _ in self.regions]
+
+    def is_done(self, unit: Unit, done: set[tuple[str, int, int]]) -> bool:
+        """Whether `done` (the store's done-markers, `Store.done_markers`) holds every marker
+        of the unit's shards: metrics are done when every cell is."""
+        if unit.stage is Stage.INPUTS:
+            stages = [schema.inputs()]
+        elif unit.stage is Stage.MAPS:
+            stages = [schema.map_path(m) for m in unit.names]
+        elif unit.stage is Stage.ATTACK:
+            stages = [schema.attack(unit.group)]
+        else:
+            stages = metric_markers(self.evaluation)
+        return all((s, *r) in done for r in self.shards(unit) for s in stages)
 
     def needs(self, unit: Unit) -> list[Unit]:
         """The units of the same region that `unit` reads: inputs for every stage, and
@@ -121,17 +164,12 @@ class AuditPlan:
         return out
 
 
-def unit_done(store: Store, unit: Unit) -> bool:
-    """Whether the store's done-markers say `unit` is complete (metrics: never assumed, their
-    cells are checked one by one inside the unit)."""
-    region = (unit.start, unit.stop)
-    if unit.stage is Stage.INPUTS:
-        return store.is_done(schema.inputs(), *region)
-    if unit.stage is Stage.MAPS:
-        return all(store.is_done(schema.map_path(m), *region) for m in unit.names)
-    if unit.stage is Stage.ATTACK:
-        return store.is_done(schema.attack(unit.group), *region)
-    return False
+def unit_shards(regions: int, shard_size: int, workers: int = 1) -> int:
+    """How many shards one unit covers: as many as leave UNITS_PER_WORKER units per stage for
+    each worker, and no more than UNIT_SAMPLES samples (at least one shard). 10^6 samples in
+    shards of 16 on 8 GPUs: 64 shards (1,024 samples) a unit, 977 units a stage."""
+    spread = -(-regions // (UNITS_PER_WORKER * max(1, workers)))
+    return max(1, min(spread, UNIT_SAMPLES // shard_size))
 
 
 def method_groups(methods: list[Method]) -> dict[str, list[str]]:
@@ -144,11 +182,13 @@ def method_groups(methods: list[Method]) -> dict[str, list[str]]:
     return groups
 
 
-def plan_audit(spec: AuditSpec, run: Run) -> AuditPlan:
-    """The audit of `spec` on a laid-out store: its units' groups, attacks and metrics."""
+def plan_audit(spec: AuditSpec, run: Run, workers: int = 1) -> AuditPlan:
+    """The audit of `spec` on a laid-out store: its units' groups, attacks and metrics, units
+    sized for `workers` (`unit_shards`)."""
     attacks = attack_jobs(spec.attacks, spec.attack_params, spec.radii) if spec.attacks else []
     evaluation = evaluation_for(run, spec.metrics) if spec.metrics != [] else None
-    return AuditPlan(spec, run.regions, method_groups(run.methods), attacks, evaluation)
+    k = unit_shards(len(run.regions), run.store.attrs()["shard_size"], workers)
+    return AuditPlan(spec, run.regions, method_groups(run.methods), attacks, evaluation, k)
 
 
 def preflight(spec: AuditSpec, fresh: bool = False) -> None:
@@ -179,39 +219,35 @@ def preflight(spec: AuditSpec, fresh: bool = False) -> None:
         store.check_identity(identity, {"model": spec.model, "data": spec.data})
 
 
-def prepare_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True):
-    """(run, plan): everything loaded and checked, every template laid out, nothing computed."""
+def prepare_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True, workers: int = 1):
+    """(run, plan): everything loaded and checked, every template laid out, nothing computed;
+    units sized for `workers`."""
     run = prepare(spec, fresh, progress)
     if spec.attacks:
         layout_attacks(run, attack_jobs(spec.attacks, spec.attack_params, spec.radii))
-    plan = plan_audit(spec, run)
+    plan = plan_audit(spec, run, workers)
     if plan.evaluation:
         layout_metrics(plan.evaluation)
     return run, plan
 
 
-def attach_audit(spec: AuditSpec, micro_batch: int | None = None) -> tuple[Run, AuditPlan]:
-    """The run and plan a worker fills units of (the store laid out by `prepare_audit`)."""
-    run = attach(spec, micro_batch)
+def attach_audit(
+    spec: AuditSpec, micro_batch: int | None = None, identity: dict | None = None
+) -> tuple[Run, AuditPlan]:
+    """The run and plan a worker fills units of (the store laid out by `prepare_audit`, whose
+    `identity` the flow checked)."""
+    run = attach(spec, micro_batch, identity)
     return run, plan_audit(spec, run)
 
 
 def run_unit(run: Run, plan: AuditPlan, unit: Unit) -> dict:
-    """Fill one unit; finished parts (done-markers) are skipped. Returns a small summary (what
-    it computed, how many seconds it took)."""
-    region = (unit.start, unit.stop)
+    """Fill one unit, shard by shard; finished shards (done-markers) are skipped. Returns a
+    small summary (what it computed, how many seconds it took)."""
     started = time.perf_counter()
-    run.store.forget_writes()
-    if unit.stage is Stage.INPUTS:
-        computed = [] if run_inputs(run, *region)["skipped"] else [Stage.INPUTS.value]
-    elif unit.stage is Stage.MAPS:
-        group = dataclasses.replace(run, methods=[m for m in run.methods if m.name in unit.names])
-        computed = run_maps(group, *region)["computed"]
-    elif unit.stage is Stage.ATTACK:
-        computed = run_attack(run, next(a for a in plan.attacks if a.name == unit.group), *region)
-    else:
-        evaluation = dataclasses.replace(plan.evaluation, run=run)
-        computed = run_metrics(evaluation, *region)
+    computed = []
+    for region in plan.shards(unit):
+        run.store.forget_writes()
+        computed += _fill(run, plan, unit, region)
     return {
         "stage": unit.kind,
         "start": unit.start,
@@ -219,6 +255,18 @@ def run_unit(run: Run, plan: AuditPlan, unit: Unit) -> dict:
         "computed": computed,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _fill(run: Run, plan: AuditPlan, unit: Unit, region: tuple[int, int]) -> list[str]:
+    """One shard of a unit's stage; returns what it computed."""
+    if unit.stage is Stage.INPUTS:
+        return [] if run_inputs(run, *region)["skipped"] else [Stage.INPUTS.value]
+    if unit.stage is Stage.MAPS:
+        group = dataclasses.replace(run, methods=[m for m in run.methods if m.name in unit.names])
+        return run_maps(group, *region)["computed"]
+    if unit.stage is Stage.ATTACK:
+        return run_attack(run, next(a for a in plan.attacks if a.name == unit.group), *region)
+    return run_metrics(dataclasses.replace(plan.evaluation, run=run), *region)
 
 
 def finish(run: Run, plan: AuditPlan, changed: bool = True) -> dict[str, np.ndarray] | None:
@@ -240,11 +288,11 @@ def audit_record(
     **extra,
 ) -> dict:
     """What the report shows of one audit: its spec, when it ran, the seconds each stage's
-    units took (summed over shards; units found in a cache count none), failures, where it
-    ran and on what versions."""
+    units took (summed over units; those the store found done count none), failures, where
+    it ran and on what versions."""
     seconds: dict[str, float] = {}
     for unit, out in outcomes.items():
-        if not out.get("cached"):
+        if not out.get("done"):
             seconds[unit.kind] = seconds.get(unit.kind, 0.0) + float(out.get("seconds", 0.0))
     finished = time.time()
     return {
@@ -254,7 +302,7 @@ def audit_record(
         "spec": spec.model_dump(mode="json"),
         "units": len(outcomes) + len(failures),
         "computed_units": sum(bool(o.get("computed")) for o in outcomes.values()),
-        "cached_units": sum(bool(o.get("cached")) for o in outcomes.values()),
+        "done_units": sum(bool(o.get("done")) for o in outcomes.values()),
         "stage_seconds": seconds,
         "failed": {u.label: why for u, why in failures.items()},
         "devices": sorted({str(o["device"]) for o in outcomes.values() if o.get("device")}),

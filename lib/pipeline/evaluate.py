@@ -217,29 +217,47 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
         if not fam.per_method:
             computed += _per_population(ev, fam, base, start, stop)
             continue
-        for m in ev.methods:
-            for a in _cells(ev, fam, m.name):
-                own = a if fam.dim == "attack" else None
-                stage = schema.metric_marker(fam.name, m.name, own)
-                reads = (schema.inputs(), schema.map_path(m.name))
-                reads += (schema.attack(a), schema.attack_map(a, m.name)) if a else ()
-                if done(stage) or not all(done(r) for r in reads):
-                    continue  # done, or never computed from what is not (or no longer) there
-                cell = Cell(
-                    **base,
-                    keys=run.keys(start, stop, fam.name),
-                    method=m,
-                    e=source.read(schema.map_path(m.name)),
-                    context=Context(run.keys(start, stop, m.name), run.micro_batch, run.references),
-                    labels=ev.labels.get(fam.dim, []),
-                    attack=a,
-                )
-                index = (method_at[m.name], *((attack_at[a],) if own else ()))
-                for var, v in fam.compute(cell).items():
-                    store.write_cell(schema.metric(var), start, index, v.float().cpu().numpy())
-                store.mark_done(stage, start, stop, reads)
-                computed.append(stage)
+        for m, a, stage in _method_cells(ev, fam):
+            reads = (schema.inputs(), schema.map_path(m.name))
+            reads += (schema.attack(a), schema.attack_map(a, m.name)) if a else ()
+            if done(stage) or not all(done(r) for r in reads):
+                continue  # done, or never computed from what is not (or no longer) there
+            cell = Cell(
+                **base,
+                keys=run.keys(start, stop, fam.name),
+                method=m,
+                e=source.read(schema.map_path(m.name)),
+                context=Context(run.keys(start, stop, m.name), run.micro_batch, run.references),
+                labels=ev.labels.get(fam.dim, []),
+                attack=a,
+            )
+            own = a if fam.dim == "attack" else None
+            index = (method_at[m.name], *((attack_at[a],) if own else ()))
+            for var, v in fam.compute(cell).items():
+                store.write_cell(schema.metric(var), start, index, v.float().cpu().numpy())
+            store.mark_done(stage, start, stop, reads)
+            computed.append(stage)
     return computed
+
+
+def metric_markers(ev: Evaluation) -> list[str]:
+    """The done-marker of every metric cell a region gets: its metrics are done when all are."""
+    out = []
+    for fam in ev.families:
+        if fam.per_method:
+            out += [stage for _, _, stage in _method_cells(ev, fam)]
+        else:
+            out += [schema.metric_marker(fam.name, g) for g in ev.generators]
+    return out
+
+
+def _method_cells(ev: Evaluation, fam: Family) -> list[tuple[Method, str | None, str]]:
+    """(method, attack or None, done-marker) of each cell a per-method family scores."""
+    return [
+        (m, a, schema.metric_marker(fam.name, m.name, a if fam.dim == "attack" else None))
+        for m in ev.methods
+        for a in _cells(ev, fam, m.name)
+    ]
 
 
 def _cells(ev: Evaluation, fam: Family, method: str) -> list[str | None]:

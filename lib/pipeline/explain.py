@@ -29,6 +29,7 @@ from .run import Run, load_parts, make_run
 from .spec import AuditSpec, parse_spec
 
 VALIDATE_CHUNK = 256
+VALIDATE_UPFRONT = 4096  # larger selections are validated as they stream
 
 
 def prepare(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> Run:
@@ -146,9 +147,12 @@ def _stored_spec(url: str, attrs: dict, params: dict, names: list[str], device: 
 
 
 def _validate(dataset: Dataset, samples: np.ndarray) -> None:
-    """Load every selected image once, so bad data fails before the store is touched."""
-    for start in range(0, len(samples), VALIDATE_CHUNK):
-        dataset.load(samples[start : start + VALIDATE_CHUNK])
+    """Load every selected image once (up to VALIDATE_UPFRONT of them), so bad data fails
+    before the store is touched. A larger selection is checked as it streams through the
+    inputs stage: an unreadable image fails its unit, named, and is not retried."""
+    chosen = samples if len(samples) <= VALIDATE_UPFRONT else samples[:VALIDATE_CHUNK]
+    for start in range(0, len(chosen), VALIDATE_CHUNK):
+        dataset.load(chosen[start : start + VALIDATE_CHUNK])
 
 
 def _layout(run: Run) -> None:

@@ -105,17 +105,17 @@ def make_run(spec, model, dataset, methods, samples, store, device) -> Run:
     return Run(spec, model, dataset, methods, samples, store, device, micro_batch, refs)
 
 
-def attach(spec: AuditSpec, micro_batch: int | None = None) -> Run:
+def attach(spec: AuditSpec, micro_batch: int | None = None, identity: dict | None = None) -> Run:
     """The run of a store that `explain.prepare` laid out, rebuilt read-only: what a worker
     needs to fill regions. Samples come from the store; another model's or data's store is
-    refused."""
+    refused (the data's fingerprint taken from `identity`, which the flow computed, where
+    given: a whole pass over the data once per audit, not once per worker)."""
     device, model, dataset, methods = load_parts(spec, progress=False)
     store = Store(spec.store.url, spec.storage_options())
     if not store.exists():
         raise SalauditError(f"there is no store at {spec.store.url}; prepare the run first")
-    store.check_identity(
-        {"model_fingerprint": model.fingerprint, "data_fingerprint": dataset.fingerprint}
-    )
+    data = (identity or {}).get("data_fingerprint") or dataset.fingerprint
+    store.check_identity({"model_fingerprint": model.fingerprint, "data_fingerprint": data})
     samples = store.read(schema.inputs("sample"))
     run = make_run(spec, model, dataset, methods, samples, store, device)
     if micro_batch:

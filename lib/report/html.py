@@ -167,8 +167,9 @@ def _run_section(audit: Contents) -> str:
         ["wall time", f"{rec['seconds']:.1f} s"],
         [
             "units",
-            f"{rec['units']} ({rec['computed_units']} computed, {rec['cached_units']} "
-            "from the cache, the rest already in the store)",
+            f"{rec['units']} ({rec['computed_units']} computed, "
+            f"{rec.get('done_units', rec.get('cached_units', 0))} not submitted, the store "
+            "vouching for them; the rest ran and found their shards done)",
         ],
         ["ran on", esc(", ".join(rec.get("devices", [])) or "?")],
         ["orchestrator", esc(rec.get("orchestrator", "?"))],

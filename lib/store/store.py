@@ -358,17 +358,33 @@ class Store:
 
     def markers(self) -> dict[tuple[str, int, int], dict]:
         """Every done-marker: (stage, start, stop) -> its body (read concurrently)."""
+        keys = self._marker_keys()
+        found = self.fs.cat(list(keys)) if keys else {}
+        return {keys[path]: json.loads(data) for path, data in found.items()}
+
+    def done_markers(self) -> set[tuple[str, int, int]]:
+        """Every (stage, start, stop) a done-marker vouches for, from one listing (no marker
+        is read)."""
+        return set(self._marker_keys().values())
+
+    def _marker_keys(self) -> dict[str, tuple[str, int, int]]:
+        """One listing of the done-markers: path -> (stage, start, stop)."""
         root = f"{self.path}/{MARKERS}"
-        self.fs.invalidate_cache(root)
-        paths = (
-            [p for p in self.fs.find(root) if p.endswith(".json")] if self.fs.exists(root) else []
-        )
+        self._forget_listings()
+        found = self.fs.find(root) if self.fs.exists(root) else []
+        self._forget_listings()  # the workers write markers after this: keep no listing
         out = {}
-        for path, data in (self.fs.cat(paths) if paths else {}).items():
+        for path in found:
             stage, _, name = path.removeprefix(root + "/").rpartition("/")
-            start, stop = (int(v) for v in name.removesuffix(".json").split("-"))
-            out[(stage, start, stop)] = json.loads(data)
+            if name.endswith(".json"):
+                start, stop = name.removesuffix(".json").split("-")
+                out[path] = (stage, int(start), int(stop))
         return out
+
+    def _forget_listings(self) -> None:
+        """Drop every cached listing: s3fs forgets a folder's and its parents' on
+        `invalidate_cache(path)`, not its subfolders', which another call may have cached."""
+        self.fs.invalidate_cache()
 
     def remove_marker(self, stage: str, start: int, stop: int) -> None:
         self.fs.rm_file(self._marker(stage, start, stop))
@@ -376,7 +392,7 @@ class Store:
     def listing(self) -> dict[str, dict[str, Any]]:
         """Every object of the store (one listing): relative key -> size, tag (S3's ETag; None
         on a local disk) and mtime."""
-        self.fs.invalidate_cache(self.path)
+        self._forget_listings()
         out = {}
         for path, info in self.fs.find(self.path, detail=True).items():
             tag = info.get("ETag")
