@@ -355,10 +355,13 @@ def parse_spec(data: dict[str, Any] | None, where: str = "spec") -> AuditSpec:
         spec = AuditSpec.model_validate(data or {})
     except ValidationError as e:
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {_message(err)}"
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {_message(err)}"
             for err in e.errors()
         ]
-        raise SalauditError(f"{where} is invalid:\n" + "\n".join(lines)) from None
+        if len(lines) == 1:  # one line: where, the field, what it allows
+            raise SalauditError(f"{where}: {lines[0]}") from None
+        listed = "\n".join(f"  {line}" for line in lines)
+        raise SalauditError(f"{where} has {len(lines)} invalid fields:\n{listed}") from None
     return spec.check()
 
 
