@@ -143,8 +143,13 @@ class AuditPlan:
         elif unit.stage is Stage.ATTACK:
             stages = [schema.attack(unit.group)]
         else:
-            stages = metric_markers(self.evaluation)
+            stages = self._metric_markers
         return all((s, *r) in done for r in self.shards(unit) for s in stages)
+
+    @functools.cached_property
+    def _metric_markers(self) -> list[str]:
+        """Every metric cell's marker name (the same for each shard): listed once a plan."""
+        return metric_markers(self.evaluation) if self.evaluation else []
 
     def needs(self, unit: Unit) -> list[Unit]:
         """The units of the same region that `unit` reads: inputs for every stage, and
