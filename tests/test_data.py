@@ -91,7 +91,7 @@ def _write_folder(root, sizes=((40, 50), (60, 40)), boxes=True):
 
 def test_image_folder_with_resize_crop_and_boxes(tmp_path):
     _write_folder(tmp_path)
-    ds = load_dataset(f"folder:{tmp_path}?resize=32&crop=32")
+    ds = load_dataset(f"folder:{tmp_path}?resize=32&crop=32&boxes=boxes.json")
     assert len(ds) == 4 and ds.num_classes == 2 and ds.classes == ["cat", "dog"]
     assert ds.labels().tolist() == [0, 0, 1, 1] and ds.has_boxes
     b = ds.load([0, 1, 2, 3])
@@ -100,6 +100,118 @@ def test_image_folder_with_resize_crop_and_boxes(tmp_path):
     assert b.bbox[0].tolist() == [round(4 * 0.8), round(6 * 0.8) - 4, 16, 24 - 4]
     raw = np.asarray(Image.open(tmp_path / "cat" / "img0.png").resize((40, 32), Image.BILINEAR))
     assert np.allclose(b.image[0].permute(1, 2, 0).numpy(), raw[:, 4:36] / 255, atol=1e-6)
+
+
+# (h, w) of the original image, its box, and the box after resize=32&crop=32, by hand
+HAND_BOXES = [
+    # 40x50: scale 0.8 -> 32x40, crop left 4: [3.2, 4.8 - 4, 16, 24 - 4]
+    ((40, 50), [4, 6, 20, 30], [3, 1, 16, 20]),
+    # 60x40: scale 0.8 -> 48x32, crop top 8: [3.2 - 8, 4.8, 16 - 8, 24], clipped at 0
+    ((60, 40), [4, 6, 20, 30], [0, 5, 8, 24]),
+    # 45x70: 32/45 -> 32x50 (50/70 across), crop left 9: [7.11, 5.29, 28.44, 33.86], x1 clipped
+    ((45, 70), [10, 20, 40, 60], [7, 5, 28, 32]),
+    # 60x40: [50, 0, 60, 10] -> [32, 0, 40, 8], below the crop: no box
+    ((60, 40), [50, 0, 60, 10], [-1, -1, -1, -1]),
+]
+
+
+def _hand_folder(root):
+    rng = np.random.default_rng(1)
+    table = {}
+    (root / "a").mkdir(parents=True)
+    for j, ((h, w), box, _) in enumerate(HAND_BOXES):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"a/{j}.png")
+        table[f"a/{j}.png"] = box
+    return table
+
+
+def test_boxes_follow_resize_and_crop(tmp_path):
+    from salaudit.metrics import localisation
+
+    table = _hand_folder(tmp_path)
+    (tmp_path / "boxes.json").write_text(json.dumps(table))
+    ds = load_dataset(f"folder:{tmp_path}?resize=32&crop=32&boxes=boxes.json")
+    b = ds.load(np.arange(len(HAND_BOXES)))
+    assert b.bbox.tolist() == [want for _, _, want in HAND_BOXES]
+    # a map that is 1 exactly inside the stored box localises perfectly
+    inside = torch.zeros(len(HAND_BOXES), 1, 32, 32)
+    for i, (y0, x0, y1, x1) in enumerate(b.bbox.tolist()[:3]):
+        inside[i, :, y0:y1, x0:x1] = 1
+    out = localisation.localisation(inside, b.bbox)
+    for key in ("loc", "energy_game", "positive_percentage"):
+        assert out[key][:3].tolist() == [1.0, 1.0, 1.0]
+        assert out[key][3].isnan()  # the box that left the crop is no box
+    # absolute paths work; boxes.json is not read unless asked for
+    absolute = load_dataset(f"folder:{tmp_path}?resize=32&crop=32&boxes={tmp_path}/boxes.json")
+    assert torch.equal(absolute.load([2]).bbox, b.bbox[2:3])
+    assert not load_dataset(f"folder:{tmp_path}?resize=32&crop=32").has_boxes
+
+
+def _voc(w, h, boxes):
+    objects = "".join(
+        f"<object><name>n0</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+        f"<ymax>{y1}</ymax></bndbox></object>"
+        for y0, x0, y1, x1 in boxes
+    )
+    return f"<annotation><size><width>{w}</width><height>{h}</height></size>{objects}</annotation>"
+
+
+def test_pascal_voc_boxes_one_xml_per_image(tmp_path):
+    _hand_folder(tmp_path / "imgs")
+    ann = tmp_path / "Annotations"
+    ann.mkdir()
+    # VOC corners are 1-based, inclusive: [4, 6, 20, 30] is ymin 5, xmin 7, ymax 20, xmax 30
+    (ann / "0.xml").write_text(_voc(50, 40, [(5, 7, 20, 30)]))
+    # two objects: the box enclosing both
+    (ann / "2.xml").write_text(_voc(70, 45, [(11, 21, 30, 40), (20, 30, 40, 60)]))
+    ds = load_dataset(f"folder:{tmp_path / 'imgs'}?resize=32&crop=32&boxes={ann}")
+    assert ds.has_boxes
+    assert ds.load([0, 1, 2]).bbox.tolist() == [[3, 1, 16, 20], [-1, -1, -1, -1], [7, 5, 28, 32]]
+    (ann / "2.xml").write_text(_voc(71, 45, [(11, 21, 30, 40)]))
+    with pytest.raises(SalauditError, match="describes a 71x45 image, but the image is 70x45"):
+        ds.load([2])
+    (ann / "2.xml").write_text("<annotation><size>")
+    with pytest.raises(SalauditError, match="2.xml is not a PASCAL-VOC annotation"):
+        ds.load([2])
+
+
+@pytest.mark.parametrize(
+    ("boxes", "content", "message"),
+    [
+        ("boxes.jsn", None, "boxes file .*boxes.jsn does not exist; boxes= names a JSON file"),
+        ("/nowhere/boxes.json", None, "boxes file /nowhere/boxes.json does not exist"),
+        ("b.json", "{not json", "is not valid JSON"),
+        ("b.json", "[1, 2]", "holds a list; write an object"),
+        ("b.json", '{"cat/x.png": [1, 2, 3, 4]}', "names no image of the folder"),
+        (
+            "b.json",
+            '{"a/0.png": [5, 2, 3, 4]}',
+            r"box \[5.0, 2.0, 3.0, 4.0\] of a/0.png .* is empty",
+        ),
+        ("b.json", '{"a/0.png": [1, 2, 3]}', "is not four numbers"),
+        ("ann", "dir", "has no XML file named like an image"),
+    ],
+)
+def test_bad_boxes_are_errors(tmp_path, boxes, content, message):
+    _hand_folder(tmp_path)
+    if content == "dir":
+        (tmp_path / boxes).mkdir()
+        (tmp_path / boxes / "other.xml").write_text(_voc(1, 1, []))
+    elif content is not None:
+        (tmp_path / boxes).write_text(content)
+    with pytest.raises(SalauditError, match=message):
+        load_dataset(f"folder:{tmp_path}?resize=32&crop=32&boxes={boxes}")
+
+
+def test_folder_mode_l_gives_one_grey_channel(tmp_path):
+    _hand_folder(tmp_path)
+    ds = load_dataset(f"folder:{tmp_path}?resize=32&crop=32&mode=L")
+    assert ds.image_shape == (1, 32, 32)
+    grey = Image.open(tmp_path / "a/0.png").convert("L").resize((40, 32), Image.BILINEAR)
+    want = np.asarray(grey, dtype=np.float32)[:, 4:36] / 255
+    assert np.allclose(ds.load([0]).image[0, 0].numpy(), want, atol=1e-6)
+    with pytest.raises(SalauditError, match="mode='CMYK' is not one of RGB, L"):
+        load_dataset(f"folder:{tmp_path}?resize=32&crop=32&mode=CMYK")
 
 
 def test_image_folder_of_mixed_sizes_without_resize_is_refused(tmp_path):
@@ -114,8 +226,8 @@ def test_image_folder_on_s3(bucket, tmp_path):
     _write_folder(tmp_path)
     fs = s3fs.S3FileSystem()
     fs.put(str(tmp_path) + "/", f"{bucket}/imgs/", recursive=True)
-    remote = load_dataset(f"folder:{bucket}/imgs?resize=32&crop=32")
-    local = load_dataset(f"folder:{tmp_path}?resize=32&crop=32")
+    remote = load_dataset(f"folder:{bucket}/imgs?resize=32&crop=32&boxes=boxes.json")
+    local = load_dataset(f"folder:{tmp_path}?resize=32&crop=32&boxes=boxes.json")
     assert remote.files == local.files
     assert torch.equal(remote.load([0, 3]).image, local.load([0, 3]).image)
     assert torch.equal(remote.load([1]).bbox, local.load([1]).bbox)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -16,10 +15,12 @@ import numpy as np
 import torch
 
 from ..errors import SalauditError
+from . import boxes
 from .spec_strings import SpecString
 from .uris import filesystem
 
 DATA_KINDS = ("builtin", "folder", "zarr")
+IMAGE_MODES = ("RGB", "L")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 BUILTIN_DATA = ("digit-scenes",)
 
@@ -119,7 +120,8 @@ def load_dataset(spec: str) -> Dataset:
     """Open a data set.
 
     `builtin:digit-scenes[?split=test|train]`; `folder:<path or s3 url>[?resize=N][&crop=N]
-    [&boxes=boxes.json]` (classes from sub-folders, as torchvision's ImageFolder);
+    [&mode=RGB|L][&boxes=boxes.json or a folder of VOC XML]` (classes from sub-folders, as
+    torchvision's ImageFolder);
     `zarr:<path or url>[?group=G]` (arrays image, label and optionally bbox).
     """
     parsed = SpecString.parse(spec, DATA_KINDS, "data")
@@ -188,22 +190,34 @@ def _builtin(spec: SpecString) -> Dataset:
 class FolderDataset(Dataset):
     """Images in class sub-folders (local or s3://), as torchvision's ImageFolder.
 
-    `resize` scales the shorter side, `crop` takes a centred square; boxes come from a JSON
-    sidecar `{relative path: [y0, x0, y1, x1]}` in original pixel coordinates.
+    `resize` scales the shorter side, `crop` takes a centred square, `mode` is RGB or L
+    (grey, one channel). `boxes` names a JSON table `{relative path: [y0, x0, y1, x1]}` or a
+    folder of PASCAL-VOC XML files (one per image, as ILSVRC ships them), relative to the
+    folder or absolute, in the original images' pixels; boxes move with the resize and crop.
     """
 
     def __init__(self, spec: SpecString):
-        spec.check_params({"resize", "crop", "boxes"}, "folder data")
+        spec.check_params({"resize", "crop", "boxes", "mode"}, "folder data")
         self.url = spec.target.rstrip("/")
         self.fs, self.root = filesystem(self.url)
-        self.resize = int(spec.take("resize") or 0) or None
-        self.crop = int(spec.take("crop") or 0) or None
+        self.resize = _positive(spec, "resize")
+        self.crop = _positive(spec, "crop")
+        self.mode = spec.take("mode", "RGB")
+        if self.mode not in IMAGE_MODES:
+            raise SalauditError(
+                f"folder data mode={self.mode!r} is not one of {', '.join(IMAGE_MODES)} "
+                "(RGB: three channels, L: one grey channel)"
+            )
         if not self.fs.isdir(self.root):
             raise SalauditError(f"image folder {self.url} does not exist or is not a folder")
         self.files, self.labels_, self.classes = self._scan()
         self.num_classes = len(self.classes)
-        self.boxes = self._read_boxes(spec.take("boxes", "boxes.json"))
-        self.has_boxes = self.boxes is not None
+        self._table: dict[str, np.ndarray] = {}
+        self._xml: dict[str, str] = {}
+        self.boxes_at = spec.take("boxes")
+        if self.boxes_at is not None:
+            self._open_boxes(self.boxes_at)
+        self.has_boxes = self.boxes_at is not None
         first = self._read(0)[0]
         self.image_shape = tuple(first.shape)
 
@@ -227,16 +241,27 @@ class FolderDataset(Dataset):
             )
         return files, np.asarray(labels, dtype=np.int64), classes
 
-    def _read_boxes(self, name: str) -> np.ndarray | None:
-        path = f"{self.root}/{name}"
-        if not self.fs.exists(path):
-            return None
-        table = json.loads(self.fs.cat_file(path))
-        boxes = np.full((len(self.files), 4), -1, dtype=np.int64)
-        for i, rel in enumerate(self.files):
-            if rel in table:
-                boxes[i] = table[rel]
-        return boxes
+    def _open_boxes(self, name: str) -> None:
+        """Read a JSON table now, or list a folder of XML files (each read with its image)."""
+        path = boxes.resolve(self.root, name)
+        url = boxes.resolve(self.url, name)
+        if not name or not self.fs.exists(path):
+            raise SalauditError(
+                f"boxes file {url} does not exist; boxes= names a JSON file or a folder of "
+                "PASCAL-VOC XML files, relative to the image folder or absolute"
+            )
+        if not self.fs.isdir(path):
+            self._table = boxes.read_table(self.fs, path, url, self.files)
+            return
+        listing = self.fs.find(path, detail=True)
+        self._xml_path, self._xml_url = path.rstrip("/"), url.rstrip("/")
+        self._xml = boxes.match_xml(sorted(listing), self._xml_path, self.files)
+        if not self._xml:
+            raise SalauditError(
+                f"boxes folder {url} has no XML file named like an image of the folder "
+                f"(e.g. {self.files[0].rsplit('.', 1)[0]}.xml)"
+            )
+        self._xml_tags = {rel: object_tag(listing[p]) for rel, p in self._xml.items()}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -244,36 +269,47 @@ class FolderDataset(Dataset):
     def labels(self) -> np.ndarray:
         return self.labels_
 
+    def _box(self, rel: str, size: tuple[int, int]) -> np.ndarray:
+        """The image's box in its original pixels (float), or NO_BOX."""
+        if rel in self._table:
+            return self._table[rel]
+        if rel in self._xml:
+            where = self._xml_url + self._xml[rel][len(self._xml_path) :]
+            return boxes.read_voc(self.fs.cat_file(self._xml[rel]), where, size)
+        return np.asarray(boxes.NO_BOX, dtype=np.float64)
+
     def _read(self, i: int) -> tuple[torch.Tensor, np.ndarray | None]:
         from PIL import Image
 
+        rel = self.files[i]
         try:
-            img = Image.open(io.BytesIO(self.fs.cat_file(f"{self.root}/{self.files[i]}")))
-            img = img.convert("RGB")
+            img = Image.open(io.BytesIO(self.fs.cat_file(f"{self.root}/{rel}")))
+            img = img.convert(self.mode)
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for a damaged file
             raise SalauditError(
-                f"cannot read image {self.url}/{self.files[i]} ({type(e).__name__}: {e}); "
+                f"cannot read image {self.url}/{rel} ({type(e).__name__}: {e}); "
                 "replace the file or remove it from the folder"
             ) from None
-        box = None if self.boxes is None else self.boxes[i].astype(np.float64)
+        box = self._box(rel, img.size) if self.has_boxes else None
+        scale, offset = (1.0, 1.0), (0, 0)
         if self.resize:
-            scale = self.resize / min(img.size)
-            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            k = self.resize / min(img.size)
+            size = (max(1, round(img.width * k)), max(1, round(img.height * k)))
+            scale = (size[1] / img.height, size[0] / img.width)
             img = img.resize(size, Image.BILINEAR, reducing_gap=None)
-            box = None if box is None else np.where(box >= 0, box * scale, box)
         if self.crop:
             top, left = (img.height - self.crop) // 2, (img.width - self.crop) // 2
             if top < 0 or left < 0:
                 raise SalauditError(
-                    f"{self.files[i]} is {img.width}x{img.height}, smaller than crop {self.crop}; "
+                    f"{rel} is {img.width}x{img.height}, smaller than crop {self.crop}; "
                     "set ?resize= to at least the crop size"
                 )
             img = img.crop((left, top, left + self.crop, top + self.crop))
-            if box is not None:
-                box = np.where(box >= 0, box - [top, left, top, left], box)
-        arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
-        if box is not None and (box >= 0).all():
-            box = np.clip(np.round(box), 0, [arr.shape[1], arr.shape[2]] * 2)
+            offset = (top, left)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)
+        arr = arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
+        if box is not None:
+            box = boxes.transform(box, scale, offset, (img.height, img.width))
         return arr.contiguous(), box
 
     def _load(self, indices: np.ndarray) -> Batch:
@@ -291,12 +327,26 @@ class FolderDataset(Dataset):
 
     def _fingerprint(self) -> str:
         """From the folder's listing (each file's ETag, or size and mtime): no image is read."""
-        h = hashlib.sha256(f"folder;resize={self.resize};crop={self.crop};".encode())
+        h = hashlib.sha256(
+            f"folder;resize={self.resize};crop={self.crop};mode={self.mode};".encode()
+        )
         for rel, label in zip(self.files, self.labels_, strict=True):
             h.update(f"{rel}:{label}:{self._tags[rel]};".encode())
-        if self.boxes is not None:
-            h.update(self.boxes.tobytes())
+            if rel in self._table:
+                h.update(self._table[rel].tobytes())
+            if rel in self._xml:
+                h.update(f"xml:{self._xml_tags[rel]};".encode())
         return h.hexdigest()
+
+
+def _positive(spec: SpecString, key: str) -> int | None:
+    """An optional positive integer parameter of a data spec."""
+    text = spec.take(key)
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise SalauditError(f"folder data {key}={text!r} is not a positive whole number of pixels")
+    return int(text)
 
 
 def object_tag(info: dict) -> str:

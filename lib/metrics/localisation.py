@@ -58,12 +58,9 @@ def localisation(e: Tensor, box: Tensor) -> dict[str, Tensor]:
     dist = ((ys - cy) ** 2 + (xs - cx) ** 2).sqrt()
     conc = (share * inbox / (1 + dist)).sum(dims)
     conc = torch.where(total.view(-1) > 0, conc, NAN)
-    return {
-        "loc": loc,
-        "energy_game": energy,
-        "positive_percentage": positive,
-        "concentration": conc,
-    }
+    out = {"loc": loc, "energy_game": energy, "positive_percentage": positive, "concentration": conc}
+    has_box = inbox.any(dims)  # a sample without a box, (-1, -1, -1, -1), scores NaN
+    return {k: torch.where(has_box, v, NAN) for k, v in out.items()}
 
 
 def _kept_pixels(h: Tensor, thresholding: str, threshold: float) -> Tensor:
@@ -144,7 +141,9 @@ def _localisation(cell: Cell) -> dict[str, Tensor]:
 
 def _box_accuracy(cell: Cell) -> dict[str, Tensor]:
     box = cell.source.boxes()
-    return {"box_accuracy": torch.stack([box_accuracy(cell.e, box, t) for t in cell.labels], 1)}
+    hit = torch.stack([box_accuracy(cell.e, box, t) for t in cell.labels], 1).float()
+    has_box = (box[:, 2:] > box[:, :2]).all(1, keepdim=True)  # no box: NaN, not a miss
+    return {"box_accuracy": torch.where(has_box, hit, NAN)}
 
 
 register(

@@ -88,13 +88,31 @@ def load_parts(spec: AuditSpec, progress: bool):
     device = resolve_device(spec.device)
     model = load_model(spec.model, device=device, progress=progress)
     dataset = load_dataset(spec.data)
-    if tuple(dataset.image_shape) != tuple(model.input_shape):
-        raise SalauditError(
-            f"{spec.data} has images of shape {dataset.image_shape}, model {spec.model} "
-            f"takes {model.input_shape}; resize or crop the data to fit"
-        )
+    check_fit(spec, dataset.image_shape, model.input_shape)
     methods = [spec.method(name).resolved(model) for name in spec.methods]
     return device, model, dataset, methods
+
+
+def check_fit(spec: AuditSpec, data_shape: tuple, model_shape: tuple) -> None:
+    """Refuse data whose images the model cannot take, naming the fix for that data."""
+    if tuple(data_shape) == tuple(model_shape):
+        return
+    folder = spec.data.startswith("folder:")
+    if data_shape[0] != model_shape[0]:
+        mode = {1: "L", 3: "RGB"}.get(model_shape[0])
+        fix = (
+            f"add ?mode={mode} to the folder spec"
+            if folder and mode
+            else f"give images with {model_shape[0]} channel(s)"
+        )
+    elif folder:
+        fix = f"add ?resize={model_shape[1]}&crop={model_shape[1]} (or sizes that end there)"
+    else:
+        fix = f"give images of {model_shape[1]}x{model_shape[2]} pixels"
+    raise SalauditError(
+        f"{spec.data} has images of shape {tuple(data_shape)}, model {spec.model} takes "
+        f"{tuple(model_shape)}; {fix}"
+    )
 
 
 def make_run(spec, model, dataset, methods, samples, store, device) -> Run:
