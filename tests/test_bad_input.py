@@ -133,6 +133,12 @@ def test_init_defaults_are_the_models(tmp_path):
             ["--methods", "ig,dance-grad", "--decoy", "dance.foo=1"],
             ["unknown key(s) foo", "stride"],
         ),
+        (["--param", "ig.n_steps=x"], ["n_steps='x' of ig is not a whole number"]),
+        (
+            ["--methods", "ig,dance-grad", "--decoy", "dance.stride=x"],
+            ["stride='x' is not a whole"],
+        ),
+        (["--methods", "ig,bsm", "--boundary", "cw_lr=fast"], ["cw_lr='fast' is not a number"]),
         (["--select", "best"], ["unknown selection 'best'", "stratified"]),
         (["--limit", "0"], ["number of samples must be at least 1"]),
     ],
@@ -253,6 +259,9 @@ def zarr_data(tmp_path, labels=None, image=None) -> str:
             ["contain NaN"],
         ),
         (lambda t: "builtin:cifar", ["unknown builtin data 'cifar'"]),
+        (lambda t: f"folder:{folder(t)}?mode=L", ["shape (1, 32, 32)", "add ?mode=RGB"]),
+        (lambda t: f"folder:{folder(t)}?resize=40", ["(3, 40, 40)", "?resize=32&crop=32"]),
+        (lambda t: f"folder:{folder(t)}?boxes=box.json", ["box.json does not exist", "relative"]),
     ],
 )
 def test_bad_data_writes_nothing(tmp_path, capsys, make, words):

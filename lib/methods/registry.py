@@ -10,8 +10,11 @@ boundary methods in `boundary_maps`. Decoy-enhanced forms of every decoy-capable
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from types import UnionType
+from typing import Union
 
 import torch
 
@@ -248,15 +251,50 @@ def get_method(
 
 
 def settings(kind, values: dict, name: str):
-    """A settings dataclass from `values`; unknown keys name the valid ones."""
-    try:
-        return kind(**values)
-    except TypeError:
-        valid = ", ".join(kind.__dataclass_fields__)
-        unknown = sorted(set(values) - set(kind.__dataclass_fields__))
+    """A settings dataclass from `values`; unknown keys name the valid ones, a value of the
+    wrong type names the type."""
+    names = [f.name for f in fields(kind)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
         raise SalauditError(
-            f"bad settings for {name}: unknown key(s) {', '.join(unknown)}; valid: {valid}"
-        ) from None
+            f"bad settings for {name}: unknown key(s) {', '.join(unknown)}; valid: "
+            + ", ".join(names)
+        )
+    hints = typing.get_type_hints(kind)
+    for key, value in values.items():
+        if not _fits(value, hints[key]):
+            raise SalauditError(
+                f"bad settings for {name}: {key}={value!r} is not {_type_name(hints[key])}"
+            )
+    return kind(**values)
+
+
+def _fits(value, tp) -> bool:
+    """Whether a config value has type `tp` (ints pass as floats, never bools as numbers; a
+    comma-separated string passes as a tuple, as the command line writes one)."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,)
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return True
+        if origin in (tuple, list) and isinstance(value, tuple | list | str):
+            return True
+        if isinstance(value, bool):
+            if origin is bool:
+                return True
+            continue
+        if origin is float and isinstance(value, int | float):
+            return True
+        if origin in (int, str) and isinstance(value, origin):
+            return True
+    return False
+
+
+def _type_name(tp) -> str:
+    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+    options = typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,)
+    words = ["none" if o is type(None) else names.get(o, "a list") for o in options]
+    return " or ".join(words)
 
 
 def signature_defaults(fn: Callable, hidden: set[str]) -> dict:
@@ -273,6 +311,13 @@ def check_params(defaults: dict, params: dict, name: str) -> dict:
             f"unknown parameter(s) {sorted(unknown)} for {name}; "
             f"valid: {sorted(defaults) or 'none'}"
         )
+    for key, value in params.items():
+        like = defaults[key]
+        if like is not None and not _fits(value, type(like)):
+            raise SalauditError(
+                f"parameter {key}={value!r} of {name} is not {_type_name(type(like))} "
+                f"(default {like!r})"
+            )
     return {**defaults, **params}
 
 
