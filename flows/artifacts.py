@@ -3,6 +3,7 @@ metric, and the comparison with a baseline."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 from uuid import UUID
@@ -73,7 +74,11 @@ def comparison_artifact(comparison: Comparison, url: str) -> None:
 
 
 def flow_run() -> dict[str, Any]:
-    """The current flow run's id, name and UI link, for the audit's record."""
+    """The current flow run's id, name and UI link, for the audit's record: no link where
+    the API is a temporary server, gone once the audit ends."""
     from prefect.runtime import flow_run as current
 
-    return {"id": current.id, "name": current.name, "url": current.ui_url}
+    from salaudit.flows.server import TEMPORARY
+
+    url = None if os.environ.get(TEMPORARY) else current.ui_url
+    return {"id": current.id, "name": current.name, "url": url}

@@ -31,6 +31,7 @@ from salaudit.flows.cluster import (
     worker_threads,
 )
 from salaudit.pipeline.audit import AuditPlan, Unit, audit_record, finish, prepare_audit
+from salaudit.pipeline.checks import warnings
 from salaudit.pipeline.scheduler import Scheduler
 from salaudit.pipeline.spec import AuditSpec, parse_spec
 from salaudit.report.compare import compare_stores, metrics_store
@@ -76,8 +77,17 @@ def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
     attrs = run.store.attrs()
     identity = {k: attrs.get(k, "") for k in ("model_fingerprint", "data_fingerprint", "store_id")}
     results, failures = _fan_out(spec, plan, identity, run.store, progress)
+    found = warnings(run.store)
+    for line in found:
+        print(f"salaudit: warning: {line}")
     record = audit_record(
-        spec, started, results, failures, orchestrator=describe(spec), flow_run=artifacts.flow_run()
+        spec,
+        started,
+        results,
+        failures,
+        orchestrator=describe(spec),
+        flow_run=artifacts.flow_run(),
+        warnings=found,
     )
     run.store.record_audit(record)
     summary = {
@@ -90,6 +100,7 @@ def _audit(spec: AuditSpec, fresh: bool, progress: bool) -> dict[str, Any]:
         "failed": record["failed"],
         "notes": plan.notes,
         "repaired": run.repaired,
+        "warnings": found,
         "model_fingerprint": identity["model_fingerprint"],
         "report": None,
     }

@@ -275,6 +275,8 @@ def _explain(args: argparse.Namespace) -> None:
 def _repaired(out: dict) -> None:
     for line in out.get("repaired", []):
         print(f"salaudit: damaged: {line}; recomputed with what read it")
+    for line in out.get("warnings", []):
+        print(f"salaudit: warning: {line}", file=sys.stderr)
 
 
 def _names(text: str | None) -> list[str] | None:

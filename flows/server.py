@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from salaudit.errors import SalauditError
 
 TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+TEMPORARY = "SALAUDIT_TEMPORARY_PREFECT_API"  # set while the API is a server gone after the run
 START_TIMEOUT = 120  # seconds; Prefect's 20 were missed on a loaded 2-core machine
 
 
@@ -49,6 +50,7 @@ def prefect_api() -> Iterator[str]:
         ) from None
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
+    os.environ[TEMPORARY] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
@@ -57,4 +59,5 @@ def prefect_api() -> Iterator[str]:
 
         APILogWorker.drain_all(timeout=5)  # the run's last logs, before their server goes
         os.environ.pop("PREFECT_API_URL", None)
+        os.environ.pop(TEMPORARY, None)
         server.stop()

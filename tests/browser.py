@@ -33,7 +33,7 @@ def chromium() -> str | None:
 @dataclass
 class Page:
     problems: list[str] = field(default_factory=list)  # console errors, page errors, failed loads
-    images: list[dict] = field(default_factory=list)  # src, complete, naturalWidth
+    images: list[dict] = field(default_factory=list)  # src, complete, naturalWidth, width
     section_ids: list[str] = field(default_factory=list)
     text: str = ""
 
@@ -44,10 +44,12 @@ def visit(
     width: int = 1280,
     height: int = 900,
     steps: tuple[tuple[str, str], ...] = (),
+    element_shots: tuple[tuple[str, Path], ...] = (),
 ) -> Page:
     """Open `url` in a fresh Chromium profile and report what the page did. `steps`, for an
     application page, in order: ("wait", text) until the text shows (60 s at most), ("click",
-    text) on the first element showing it."""
+    text) on the first element showing it. `element_shots`: (CSS selector, PNG path) of
+    elements to photograph as drawn (the first match of each)."""
     from playwright.sync_api import sync_playwright
 
     page_info = Page()
@@ -81,7 +83,8 @@ def visit(
                     element.click()
             page_info.images = page.evaluate(
                 "Array.from(document.images).map(i => ({src: i.getAttribute('src'), "
-                "complete: i.complete, naturalWidth: i.naturalWidth}))"
+                "complete: i.complete, naturalWidth: i.naturalWidth, "
+                "width: i.getBoundingClientRect().width}))"
             )
             page_info.section_ids = page.evaluate(
                 "Array.from(document.querySelectorAll('body > section')).map(s => s.id)"
@@ -89,6 +92,8 @@ def visit(
             page_info.text = page.inner_text("body")
             if screenshot is not None:
                 page.screenshot(path=str(screenshot))
+            for selector, path in element_shots:
+                page.locator(selector).first.screenshot(path=str(path))
         finally:
             context.close()
     return page_info

@@ -116,3 +116,45 @@ NOT_CALLABLE = 3  # python:support:NOT_CALLABLE names no factory
 def raising_factory() -> nn.Module:
     """A factory that fails, as a user's might."""
     raise RuntimeError("the checkpoint server is down")
+
+
+def zero_head_vit() -> nn.Module:
+    """A small torchvision VisionTransformer as torchvision builds it: its classifier head is
+    zero-initialised, so every image gets the same logits (all zero)."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(3)
+    net = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    net.input_shape = (3, 32, 32)
+    return net
+
+
+def untrained_cnn() -> nn.Module:
+    """A randomly initialised conv net on 3x32x32 images (10 classes)."""
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 16 * 16, 10),
+    )
+    net.input_shape = (3, 32, 32)
+    return net
+
+
+def cnn224() -> nn.Module:
+    """A small untrained conv net on 3x224x224 images (two classes), for audits at size."""
+    torch.manual_seed(5)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=4, padding=2),
+        nn.SiLU(),
+        nn.AvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * 14 * 14, 2),
+    )
+    net.input_shape = (3, 224, 224)
+    net.classes = ["cat", "dog"]
+    return net

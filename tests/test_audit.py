@@ -289,9 +289,9 @@ def test_flow_on_two_workers_into_s3_equals_the_library(prefect_api, bucket, dir
     page = fs.cat_file(out["report"].removeprefix("s3://")).decode()
     assert "None: every unit completed." in page and "dance-grad − grad" in page
     figures = fs.ls(f"{url.removeprefix('s3://')}-report/figures", detail=False)
-    assert {"maps.png", "robustness.png", "box-fidelity.png"} <= {
-        f.rsplit("/", 1)[1] for f in figures
-    }
+    assert {"maps", "robustness.png", "box-fidelity.png"} <= {f.rsplit("/", 1)[1] for f in figures}
+    tiles = fs.ls(f"{url.removeprefix('s3://')}-report/figures/maps", detail=False)
+    assert {"0-image.png", "0-0.png"} <= {f.rsplit("/", 1)[1] for f in tiles}
 
 
 @pytest.mark.slow

@@ -96,7 +96,8 @@ def test_the_default_audit_is_unchanged_by_the_restructure(tmp_path):
         nan = values.dtype.kind == "f"
         assert np.array_equal(values, after[path], equal_nan=nan), f"{path} differs"
     added = set(after) - set(before)
-    assert all(p.startswith("metrics/") for p in added), added  # new metrics only
+    # new metrics, and the checks of degenerate logits and maps (issue 21), only
+    assert all(p.startswith(("metrics/", "checks/")) for p in added), added
     old_stats, new_stats = _stats(tmp_path / "before"), _stats(tmp_path / "after")
     assert len(old_stats) > 40
     for key, row in old_stats.items():

@@ -217,7 +217,8 @@ def test_a_store_of_maps_alone_gets_a_report_that_says_what_is_missing(tmp_path,
     for words in ("No metrics in this store: salaudit evaluate", "No attacks in this store"):
         assert words in html and words in printed
     assert "sanity: Not computed" in printed and "decoys: No decoy populations" in printed
-    assert (Path(f"{store}-report") / "figures" / "maps.png").exists()
+    tiles = Path(f"{store}-report") / "figures" / "maps"
+    assert {"0-image.png", "0-0.png", "1-0.png"} <= {p.name for p in tiles.iterdir()}
 
 
 def test_report_errors_name_the_problem(tmp_path, capsys):

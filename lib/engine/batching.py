@@ -50,12 +50,15 @@ def target_gradient(
     return grad, logits.detach()
 
 
+def logits(model: torch.nn.Module, x: torch.Tensor, micro_batch: int) -> torch.Tensor:
+    """The logits of each row, in micro-batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat([model(x[s : s + micro_batch]) for s in range(0, len(x), micro_batch)])
+
+
 def predictions(model: torch.nn.Module, x: torch.Tensor, micro_batch: int) -> torch.Tensor:
     """The predicted class of each row, in micro-batches, without gradients."""
-    with torch.no_grad():
-        return torch.cat(
-            [model(x[s : s + micro_batch]).argmax(1) for s in range(0, len(x), micro_batch)]
-        )
+    return logits(model, x, micro_batch).argmax(1)
 
 
 def row_gradients(

@@ -43,6 +43,7 @@ class Dataset:
     num_classes: int
     image_shape: tuple[int, int, int]
     has_boxes: bool
+    class_names: list[str] | None = None  # label i's name, where the data has names
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -134,8 +135,11 @@ def load_dataset(spec: str) -> Dataset:
 class ArrayDataset(Dataset):
     """In-memory uint8 images (N, C, H, W) with labels and optional boxes."""
 
-    def __init__(self, images, labels, boxes, num_classes: int, tag: str, references=None):
+    def __init__(
+        self, images, labels, boxes, num_classes: int, tag: str, references=None, names=None
+    ):
         self.images, self.labels_, self.boxes = images, labels, boxes
+        self.class_names = names
         self.num_classes = num_classes
         self.image_shape = tuple(images.shape[1:])
         self.has_boxes = boxes is not None
@@ -182,9 +186,9 @@ def _builtin(spec: SpecString) -> Dataset:
     train_refs = None
     if split == "test":  # expected-gradient baselines come from the training split
         train_refs = _builtin(SpecString(spec.kind, spec.target, {"split": "train"}))
-    return ArrayDataset(
-        s.images, s.labels, s.boxes, 10, f"{spec.target}:{split}", references=train_refs
-    )
+    digits = [str(i) for i in range(10)]
+    tag = f"{spec.target}:{split}"
+    return ArrayDataset(s.images, s.labels, s.boxes, 10, tag, references=train_refs, names=digits)
 
 
 class FolderDataset(Dataset):
@@ -212,6 +216,7 @@ class FolderDataset(Dataset):
             raise SalauditError(f"image folder {self.url} does not exist or is not a folder")
         self.files, self.labels_, self.classes = self._scan()
         self.num_classes = len(self.classes)
+        self.class_names = self.classes
         self._table: dict[str, np.ndarray] = {}
         self._xml: dict[str, str] = {}
         self.boxes_at = spec.take("boxes")
@@ -385,6 +390,8 @@ class ZarrDataset(Dataset):
         self.image_shape = tuple(self.image.shape[1:])
         self.labels_ = _class_indices(self.label[:], self.url)
         self.num_classes = int(group.attrs.get("num_classes", self.labels_.max() + 1))
+        names = group.attrs.get("classes")
+        self.class_names = [str(n) for n in names] if isinstance(names, list) else None
 
     def __len__(self) -> int:
         return self.image.shape[0]

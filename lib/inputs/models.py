@@ -44,6 +44,7 @@ class PixelModel(nn.Module):
         std: tuple[float, ...] | None = None,
         layers: dict[str, str] | None = None,
         spec: str = "",
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         c = input_shape[0]
@@ -54,6 +55,7 @@ class PixelModel(nn.Module):
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.default_layers = dict(layers or {})
+        self.class_names = list(class_names) if class_names else None  # logit i's class
         self.spec = spec
         self.fingerprint = ""
 
@@ -199,6 +201,7 @@ def _builtin(spec: SpecString, progress: bool) -> PixelModel:
         mean=tuple(ckpt["mean"].tolist()),
         std=tuple(ckpt["std"].tolist()),
         layers=info.layers,
+        class_names=[str(i) for i in range(info.num_classes)],
     )
 
 
@@ -316,7 +319,9 @@ def _python(spec: SpecString, progress: bool) -> PixelModel:
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give the shape it takes "
             "with ?shape=CxHxW"
         ) from None
-    return PixelModel(net, input_shape=shape, num_classes=int(out.shape[-1]))
+    names = getattr(net, "classes", None)
+    names = [str(n) for n in names] if isinstance(names, list | tuple) else None
+    return PixelModel(net, input_shape=shape, num_classes=int(out.shape[-1]), class_names=names)
 
 
 def _check_logits(model: PixelModel) -> None:

@@ -58,7 +58,8 @@ def localisation(e: Tensor, box: Tensor) -> dict[str, Tensor]:
     dist = ((ys - cy) ** 2 + (xs - cx) ** 2).sqrt()
     conc = (share * inbox / (1 + dist)).sum(dims)
     conc = torch.where(total.view(-1) > 0, conc, NAN)
-    out = {"loc": loc, "energy_game": energy, "positive_percentage": positive, "concentration": conc}
+    out = {"loc": loc, "energy_game": energy, "positive_percentage": positive}
+    out["concentration"] = conc
     has_box = inbox.any(dims)  # a sample without a box, (-1, -1, -1, -1), scores NaN
     return {k: torch.where(has_box, v, NAN) for k, v in out.items()}
 

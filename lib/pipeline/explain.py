@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..engine.batching import predictions
+from ..engine.batching import logits
 from ..errors import SalauditError
 from ..inputs.data import Dataset
 from ..inputs.selection import Selection, select_samples
@@ -25,6 +25,7 @@ from ..methods.registry import Method
 from ..store import integrity, schema
 from ..store.store import Store, check_reachable
 from ..version import __version__
+from .checks import warnings, write_logit_checks, write_map_checks
 from .run import Run, load_parts, make_run
 from .spec import AuditSpec, parse_spec
 
@@ -51,6 +52,8 @@ def prepare(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> Run:
         "data": spec.data,
         "shard_size": spec.shard_size,
         "config": spec.recorded(),
+        "label_names": dataset.class_names,
+        "prediction_names": prediction_names(model, dataset),
     }
     check_reachable(spec.store.url, spec.storage_options())
     store = Store.open(
@@ -65,6 +68,14 @@ def prepare(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> Run:
     run.repaired = undo_damage(store)
     _layout(run)
     return run
+
+
+def prediction_names(model, dataset: Dataset) -> list[str] | None:
+    """The names of the model's classes: its own, else the data's where they are as many."""
+    if model.class_names:
+        return model.class_names
+    names = dataset.class_names
+    return names if names and len(names) == model.num_classes else None
 
 
 def undo_damage(store: Store) -> list[str]:
@@ -168,6 +179,7 @@ def _layout(run: Run) -> None:
         store.check_array(schema.decoys(cfg.generator, "population"), cfg.params(), (n, k, *shape))
     schema.layout_inputs(store, samples, shape, shard, run.dataset.has_boxes)
     schema.layout_maps(store, samples, shape, shard, maps)
+    schema.layout_checks(store, samples, shard, list(maps))
     for cfg in populations:
         bases = list(dict.fromkeys(m.base for m in run.methods if m.decoys == cfg))
         schema.layout_decoys(
@@ -212,10 +224,11 @@ def run_inputs(run: Run, start: int, stop: int) -> dict:
     if run.store.is_done(schema.inputs(), start, stop):
         return {"stage": "inputs", "start": start, "stop": stop, "skipped": True}
     batch = run.dataset.load(run.samples[start:stop])
-    pred = predictions(run.model, batch.image.to(run.device), run.micro_batch)
+    clean = logits(run.model, batch.image.to(run.device), run.micro_batch)
     run.store.write(schema.inputs("image"), start, batch.image.numpy())
     run.store.write(schema.inputs("label"), start, batch.label.numpy())
-    run.store.write(schema.inputs("prediction"), start, pred.cpu().numpy())
+    run.store.write(schema.inputs("prediction"), start, clean.argmax(1).cpu().numpy())
+    write_logit_checks(run.store, start, clean)
     if batch.bbox is not None:
         run.store.write(schema.inputs("bbox"), start, batch.bbox.numpy())
     run.store.mark_done(schema.inputs(), start, stop)
@@ -315,7 +328,9 @@ def method_maps(model, methods: list[Method], x, target, context: Callable[[str]
 def _write_map(run: Run, m: Method, start: int, stop: int, values: torch.Tensor) -> None:
     """A method's maps of a region; its marker says it read the inputs (and the boundary)."""
     reads = (schema.inputs(), *((schema.boundary(),) if m.boundary else ()))
-    run.store.write(schema.map_path(m.name), start, values.detach().float().cpu().numpy())
+    maps = values.detach().float().cpu().numpy()
+    run.store.write(schema.map_path(m.name), start, maps)
+    write_map_checks(run.store, m.name, start, maps)
     run.store.mark_done(schema.map_path(m.name), start, stop, reads)
 
 
@@ -363,6 +378,7 @@ def explain(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict
         "device": str(run.device),
         "model_fingerprint": run.model.fingerprint,
         "repaired": run.repaired,
+        "warnings": warnings(run.store),
     }
     if run.boundary_config():
         success = run.store.read(schema.boundary("success"))

@@ -70,45 +70,6 @@ def box_plots(
         return _save(plt, fig, path)
 
 
-def map_grid(
-    images: np.ndarray,
-    row_titles: list[str],
-    columns: list[tuple[str, np.ndarray, bool, list[str]]],
-    path: Path,
-    boxes: np.ndarray | None = None,
-) -> Path:
-    """Rows of samples: the image (H, W, 3 in [0, 1], its box outlined), then per column
-    (title, maps (n, H, W), is a difference, per-sample captions): maps in [0, 1] with the
-    sequential colour map, differences in [-1, 1] with the diverging one."""
-    n, cols = len(images), len(columns) + 1
-    with style() as plt:
-        fig, axes = plt.subplots(n, cols, figsize=(1.15 * cols, 1.3 * n), squeeze=False)
-        for r in range(n):
-            axes[r, 0].imshow(np.clip(images[r], 0, 1))
-            axes[r, 0].set_ylabel(row_titles[r], fontsize=7)
-            if boxes is not None:
-                y0, x0, y1, x1 = boxes[r]
-                axes[r, 0].add_patch(
-                    plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="#ffbc79")
-                )
-            for c, (title, maps, diff, captions) in enumerate(columns, start=1):
-                ax = axes[r, c]
-                if diff:
-                    ax.imshow(maps[r], cmap=DIFF_CMAP, vmin=-1, vmax=1)
-                else:
-                    ax.imshow(maps[r], cmap=MAP_CMAP, vmin=0, vmax=1)
-                ax.set_xlabel(captions[r], fontsize=6, labelpad=1)
-                if r == 0:
-                    ax.set_title(title, fontsize=7)
-        axes[0, 0].set_title("image", fontsize=7)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_visible(False)
-        return _save(plt, fig, path)
-
-
 def matrices(panels: list[tuple[str, list[str], list[str], np.ndarray]], path: Path) -> Path:
     """Annotated heat maps, one per (title, row labels, column labels, values)."""
     with style() as plt:

@@ -34,12 +34,22 @@ from ..metrics.catalogue import (
     variables,
 )
 from ..metrics.stats import summary
+from ..pipeline.checks import warnings
 from ..pipeline.evaluate import NEXT_STAGE
 from ..store import schema
 from ..store.store import Store
 from ..version import __version__, environment
 from . import figures
-from .display import display_map
+from .display import (
+    MIN_TILE,
+    class_name,
+    display_map,
+    image_rgb,
+    map_rgb,
+    map_state,
+    shown_width,
+    tile,
+)
 from .tables import (
     ALPHA,
     MetricTable,
@@ -54,6 +64,7 @@ from .tables import (
 
 SECTIONS = {
     "run": "The run",
+    "warnings": "Warnings",
     "headline": "Headline",
     "metrics": "Metrics and paired tests",
     "maps": "Saliency maps",
@@ -181,7 +192,8 @@ def _run_section(audit: Contents) -> str:
             if fr.get("url")
             else esc(fr.get("name", ""))
         )
-        run.append(["Prefect flow run", f"{link} <code>{esc(fr.get('id', ''))}</code>"])
+        gone = "" if fr.get("url") else " (no link: the temporary Prefect server ended with it)"
+        run.append(["Prefect flow run", f"{link} <code>{esc(fr.get('id', ''))}</code>{esc(gone)}"])
     if len(audit.records) > 1:
         run.append(["earlier audits of this store", str(len(audit.records) - 1)])
     html_ += "<h3>Latest audit</h3>" + _table(None, run, "info")
@@ -204,6 +216,20 @@ def _run_section(audit: Contents) -> str:
     html_ += _versions(rec.get("environment", {}), "the audit's environment")
     spec = yaml.safe_dump(rec.get("spec", {}), sort_keys=False)
     return html_ + f"<details><summary>The spec</summary><pre>{esc(spec)}</pre></details>"
+
+
+def _warnings_section(audit: Contents) -> str:
+    """Degenerate logits and maps the store's checks found (`pipeline.checks`)."""
+    if not audit.store.has(schema.CHECKS):
+        return _missing("This store has no checks (stores written before salaudit checked logits and maps have none).")
+    found = warnings(audit.store)
+    if not found:
+        return (
+            "<p>None: the logits vary over the samples and every map checked is finite and "
+            "not all zero.</p>"
+        )
+    items = "".join(f"<li>{esc(line)}</li>" for line in found)
+    return f'<ul class="warnings missing">{items}</ul>'
 
 
 def _versions(env: dict[str, str], title: str) -> str:
@@ -274,16 +300,18 @@ def _maps_section(audit: Contents, out: Path, root: Path) -> str:
     metrics = audit.group(schema.METRICS)
     caption = next((v for v in variables().values() if v.caption), None)
     scored = metrics is not None and caption is not None and caption.name in metrics
+    raw = {m: maps[m].sel(sample=samples).values for m in methods}
+    shown = {m: display_map(raw[m]) for m in methods}
 
     def column(m: str) -> tuple[str, np.ndarray, bool, list[str]]:
-        """A method's maps, captioned with each one's caption metric where it is scored."""
-        captions = [""] * k
+        """A method's maps, captioned with what is wrong with one, else its caption metric."""
+        captions = [map_state(r) for r in raw[m]]
         if scored and m in metrics["method"].values:
             values = metrics[caption.name].sel({"method": m}).sel(sample=samples).values
-            captions = [f"{caption.short or caption.name} {fmt(x)}" for x in values]
+            short = caption.short or caption.name
+            captions = [c or f"{short} {fmt(x)}" for c, x in zip(captions, values, strict=True)]
         return m, shown[m], False, captions
 
-    shown = {m: display_map(maps[m].sel(sample=samples).values) for m in methods}
     columns = []
     plain = [m for m in methods if decoy_generator(m) is None]
     for m in (m for m in plain if method_info(m).family == "gradient"):
@@ -292,16 +320,14 @@ def _maps_section(audit: Contents, out: Path, root: Path) -> str:
             columns += [column(v), (f"{v} − {m}", shown[v] - shown[m], True, [""] * k)]
     covered = {c[0] for c in columns}
     columns += [column(m) for m in methods if m not in covered]
-    image = inputs["image"].sel(sample=samples).values.transpose(0, 2, 3, 1)
-    boxes = inputs["bbox"].sel(sample=samples).values if "bbox" in inputs else None
-    pred = inputs["prediction"].sel(sample=samples).values
-    titles = [f"#{s} class {c}" for s, c in zip(samples, pred, strict=True)]
-    path = figures.map_grid(image, titles, columns, out / "maps.png", boxes)
+    grid = _map_grid(audit, inputs, samples, columns, out / "maps", root)
     note = (
-        "<p class='note'>The first samples of the store. Maps: max |value| over channels, "
-        "winsorised at the 99th percentile, scaled to [0, 1] (METHODS.md); a difference "
-        "column is the decoy-enhanced map minus the plain one (DANCE figure 2A), blue where "
-        "decoys lower the saliency, red where they raise it."
+        "<p class='note'>The first samples of the store, each map at its own resolution (at "
+        f"least {MIN_TILE} px), the data's box outlined in cyan. Maps: max |value| over "
+        "channels, winsorised at the 99th percentile, scaled to [0, 1] (METHODS.md; inferno, "
+        "black 0 to yellow 1); a difference column is the decoy-enhanced map minus the plain "
+        "one (DANCE figure 2A), blue where decoys lower the saliency, red where they raise it; "
+        "hatched grey: a map never computed or not finite."
         + (_caption_note(caption) if scored else "")
         + "</p>"
     )
@@ -312,7 +338,44 @@ def _maps_section(audit: Contents, out: Path, root: Path) -> str:
         if missing
         else ""
     )
-    return _figure(path, root, "saliency maps of the first samples") + note + extra
+    return grid + note + extra
+
+
+def _map_grid(audit: Contents, inputs, samples, columns, folder: Path, root: Path) -> str:
+    """A table of tiles: per sample its image (box drawn, label and prediction named) and one
+    PNG per column, each shown at its own resolution within [160, 224] px."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = (audit.attrs.get("label_names"), audit.attrs.get("prediction_names"))
+    boxes = inputs["bbox"].sel(sample=samples).values if "bbox" in inputs else None
+    images = inputs["image"].sel(sample=samples).values
+    width = shown_width(images.shape[-1])
+
+    def cell(img, name: str, alt: str, text: str) -> str:
+        img.save(folder / name)
+        rel = (folder / name).relative_to(root).as_posix()
+        return (
+            f'<td><figure class="tile"><img src="{esc(rel)}" width="{width}" alt="{esc(alt)}">'
+            f"<figcaption>{esc(text)}</figcaption></figure></td>"
+        )
+
+    rows = []
+    for r, sample in enumerate(samples):
+        box = None if boxes is None else boxes[r]
+        label = int(inputs["label"].sel(sample=sample))
+        pred = int(inputs["prediction"].sel(sample=sample))
+        who = (
+            f"#{sample} label {class_name(names[0], label)}, predicted {class_name(names[1], pred)}"
+        )
+        cells = [cell(tile(image_rgb(images[r]), box), f"{r}-image.png", f"image {who}", who)]
+        for c, (title, values, diff, captions) in enumerate(columns):
+            img = tile(map_rgb(values[r], diverging=diff), box)
+            cells.append(cell(img, f"{r}-{c}.png", f"{title} of #{sample}", captions[r]))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{esc(t)}</th>" for t in ["image", *(c[0] for c in columns)])
+    return (
+        f'<div class="grid"><table class="maps"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def _caption_note(var) -> str:
@@ -475,6 +538,10 @@ thead th{background:#eef3f7}figure{margin:.5em 0}img{max-width:100%;height:auto}
 .note{color:#555;font-size:12.5px}.dir{font-weight:normal;color:#555}
 .row{display:flex;flex-wrap:wrap;gap:0 1.5em;align-items:flex-start}
 pre{background:#f6f6f6;padding:.6em;overflow:auto}code{font-size:12px}
+.grid{overflow-x:auto}table.maps td,table.maps th{border:0;padding:2px 3px;text-align:center;
+vertical-align:top}table.maps img{max-width:none;image-rendering:pixelated}
+figure.tile{margin:0}figure.tile figcaption{font-size:11px;color:#333;max-width:224px}
+ul.warnings li{margin:.2em 0}
 """
 
 
@@ -493,6 +560,7 @@ def render(store: Store, out: Path) -> Report:
     head = headline(tables, methods)
     body = {
         "run": _run_section(audit),
+        "warnings": _warnings_section(audit),
         "headline": _headline_section(head),
         "metrics": _metric_sections(tables, figs, out)
         if tables

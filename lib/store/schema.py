@@ -9,7 +9,9 @@ names. Every reader and writer of a store spells a path through this module.
 - `attacks/<attack>`: image, success, norms, objectives (an extra dim such as radius where the
   attack has one), and `maps/<method>` recomputed on the attacked images;
 - `metrics`: one variable per metric, (sample, method) plus its own dims;
-- `stats`: one row per comparison.
+- `stats`: one row per comparison;
+- `checks`: per sample, digests and states of the logits and of each method's maps
+  (`pipeline.checks`), written with the region they check.
 
 Done-markers name the region a stage wrote: the group path of what it wrote (`maps/grad`,
 `attacks/pgd`), and `metrics/<family>/<method>[/<attack>]` for metric cells.
@@ -36,6 +38,8 @@ INPUTS, MAPS, DECOYS, BOUNDARY, ATTACKS, METRICS, STATS = (
     "metrics",
     "stats",
 )
+CHECKS = "checks"
+MAP_STATES = {"-1": "not checked", "0": "fine", "1": "all zero", "2": "not finite"}
 MARKERS = "_salaudit/done"
 AUDITS = "_salaudit/audits"
 LEASE = "_salaudit/lease.json"
@@ -74,6 +78,10 @@ def inputs(name: str = "") -> str:
 
 def map_path(method: str) -> str:
     return join(MAPS, method)
+
+
+def check(name: str = "") -> str:
+    return join(CHECKS, name)
 
 
 def decoys(generator: str = "", name: str = "") -> str:
@@ -118,6 +126,8 @@ def marker_of(path: str) -> str | None:
         return parts[0]
     if parts[0] == MAPS and len(parts) == 2:
         return path
+    if parts[0] == CHECKS and len(parts) == 2:
+        return map_path(parts[1][4:]) if parts[1].startswith("map_") else INPUTS
     if parts[0] == DECOYS and len(parts) >= 3:
         return path if parts[2] == "saliency" else decoys(parts[1])
     if parts[0] == ATTACKS and len(parts) >= 3:
@@ -165,6 +175,25 @@ def layout_maps(store: Store, samples, shape, shard: int, maps: dict[str, dict])
     for name, attrs in maps.items():
         store.require_array(
             map_path(name), (n, c, h, w), IMAGE_DIMS, "float32", (shard, c, h, w), attrs
+        )
+
+
+def layout_checks(store: Store, samples, shard: int, methods: list[str]) -> None:
+    """`checks`: the logits' digest and range, and per method (sample, [state, digest]) of
+    its maps (-1: not checked)."""
+    n = len(samples)
+    store.require_coordinate(CHECKS, "sample", samples)
+    store.require_array(check("logit_digest"), (n,), ("sample",), "int64", (shard,), fill_value=0)
+    store.require_array(check("logit_range"), (n,), ("sample",), "float32", (shard,))
+    for name in methods:
+        store.require_array(
+            check(f"map_{name}"),
+            (n, 2),
+            ("sample", "check"),
+            "int64",
+            (shard, 2),
+            attrs={"columns": ["state", "digest"], "states": MAP_STATES},
+            fill_value=-1,
         )
 
 
