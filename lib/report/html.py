@@ -221,7 +221,10 @@ def _run_section(audit: Contents) -> str:
 def _warnings_section(audit: Contents) -> str:
     """Degenerate logits and maps the store's checks found (`pipeline.checks`)."""
     if not audit.store.has(schema.CHECKS):
-        return _missing("This store has no checks (stores written before salaudit checked logits and maps have none).")
+        return _missing(
+            "This store has no checks (stores written before salaudit checked logits and "
+            "maps have none)."
+        )
     found = warnings(audit.store)
     if not found:
         return (
