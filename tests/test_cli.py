@@ -59,7 +59,11 @@ def test_explain_and_show(tmp_path):
     png = tmp_path / "s.png"
     assert main(["show", "--store", store, "--sample", str(samples[0]), "--out", str(png)]) == 0
     img = np.asarray(Image.open(png))
-    assert img.shape[1] > 3 * img.shape[0] and img.std() > 10  # four panels side by side
+    # four panels side by side, each at least 160 px (the 32 px image enlarged 5 times)
+    assert img.shape[1] >= 4 * 160 and img.shape[0] < 2 * 160 and img.std() > 10
+    cyan = (np.abs(img[..., :3].astype(int) - [0, 229, 255]).max(2) < 40).any(0)
+    runs = np.flatnonzero(np.diff(cyan.astype(int)) == 1)  # the box outlined on each panel
+    assert len(runs) >= 4
 
 
 def test_errors_name_the_problem_and_exit_2(tmp_path, capsys):

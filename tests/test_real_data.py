@@ -132,3 +132,12 @@ def test_a_224_audit_report_shows_maps_at_size_with_their_boxes(tmp_path, capsys
     ]
     assert not inside.any()  # and the image inside it is not painted over
     assert not cyan[: round(y0 * scale) - 3].any()  # nothing cyan above the box
+
+
+def test_gradcam_on_a_vit_is_refused_before_anything_is_written(tmp_path, capsys):
+    argv = ["explain", "--model", "python:support:zero_head_vit", "--methods", "gradcam"]
+    assert main([*argv, "--limit", "2", "--store", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is a transformer: its last convolution 'conv_proj'" in err
+    assert "--param gradcam.layer=" in err
+    assert not (tmp_path / "x").exists()

@@ -11,6 +11,7 @@ from salaudit.pipeline.audit import (
     Stage,
     Unit,
     method_groups,
+    spread_shards,
     unit_shards,
 )
 from salaudit.pipeline.scheduler import NOT_RUN, Scheduler
@@ -111,3 +112,17 @@ def test_a_million_images_plan_fewer_than_20000_units():
         assert spans == plan.blocks  # each stage covers every shard once
     covered = [r for b in plan.blocks for r in plan.shards(Unit(Stage.INPUTS, *b))]
     assert covered == regions
+
+
+def test_a_small_selection_is_cut_so_every_worker_gets_a_shard(tmp_path):
+    spec = AuditSpec.model_validate({"store": {"url": str(tmp_path / "s")}, "limit": 4})
+    assert spec.shard_size == 8
+    assert spread_shards(spec, workers=2).shard_size == 2
+    assert spread_shards(spec, workers=3).shard_size == 2  # shards of 2, 2: two busy workers
+    assert spread_shards(spec, workers=1).shard_size == 4
+    big = spec.model_copy(update={"limit": 16})
+    assert spread_shards(big, workers=2) is big
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    assert spread_shards(spec, workers=2) is spec  # an existing store keeps its layout
+    assert spread_shards(spec, workers=2, fresh=True).shard_size == 2

@@ -91,6 +91,14 @@ class PixelModel(nn.Module):
             if pools:
                 return pools[0]
         convs = [n for n, m in named if isinstance(m, nn.Conv2d)]
+        attention = [n for n, m in named if isinstance(m, nn.MultiheadAttention)]
+        if use == "cam" and convs and attention:
+            raise SalauditError(
+                f"model {self.spec} is a transformer: its last convolution {convs[-1]!r} comes "
+                f"before its attention blocks (the patch embedding), where Grad-CAM says "
+                "nothing of the class; leave gradcam out of the methods, or name a layer with "
+                "(channel, y, x) activations: --param gradcam.layer=<layer>"
+            )
         if convs:
             return convs[-1] if use == "cam" else convs[0]
         raise SalauditError(
@@ -289,7 +297,7 @@ def _python(spec: SpecString, progress: bool) -> PixelModel:
     except (ImportError, AttributeError) as e:
         raise SalauditError(
             f"cannot import python:{spec.target} ({e}); write python:<module>:<factory> with the "
-            "module importable"
+            "module importable: put its folder on PYTHONPATH (the workers inherit it)"
         ) from None
     if not callable(factory):
         raise SalauditError(

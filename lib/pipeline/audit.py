@@ -227,13 +227,25 @@ def preflight(spec: AuditSpec, fresh: bool = False) -> None:
 def prepare_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True, workers: int = 1):
     """(run, plan): everything loaded and checked, every template laid out, nothing computed;
     units sized for `workers`."""
-    run = prepare(spec, fresh, progress)
+    run = prepare(spread_shards(spec, workers, fresh), fresh, progress)
     if spec.attacks:
         layout_attacks(run, attack_jobs(spec.attacks, spec.attack_params, spec.radii))
     plan = plan_audit(spec, run, workers)
     if plan.evaluation:
         layout_metrics(plan.evaluation)
     return run, plan
+
+
+def spread_shards(spec: AuditSpec, workers: int, fresh: bool = False) -> AuditSpec:
+    """The spec with shards small enough that each of `workers` gets one where the selection
+    is smaller than a shard per worker (4 samples, 2 workers: shards of 2). Only for a new
+    store: an existing one keeps its layout."""
+    n = spec.sample_selection().n
+    if not n or n >= spec.shard_size * workers:
+        return spec
+    if Store(spec.store.url, spec.storage_options()).exists() and not fresh:
+        return spec
+    return spec.model_copy(update={"shard_size": max(1, -(-n // workers))})
 
 
 def attach_audit(

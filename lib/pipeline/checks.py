@@ -25,7 +25,7 @@ def digests(values: torch.Tensor | np.ndarray) -> np.ndarray:
     """(B, ...) -> (B,) int64: a digest of each row's float32 bytes."""
     rows = np.ascontiguousarray(np.asarray(values, dtype=np.float32)).reshape(len(values), -1)
     hashed = [hashlib.blake2b(r.tobytes(), digest_size=8).digest() for r in rows]
-    return np.array([int.from_bytes(h, "big") >> 1 for h in hashed], dtype=np.int64)
+    return (np.frombuffer(b"".join(hashed), dtype=">u8") >> 1).astype(np.int64)
 
 
 def write_logit_checks(store: Store, start: int, logits: torch.Tensor) -> None:
