@@ -158,3 +158,13 @@ def cnn224() -> nn.Module:
     net.input_shape = (3, 224, 224)
     net.classes = ["cat", "dog"]
     return net
+
+
+def grey_cnn() -> nn.Module:
+    """A small untrained conv net on one-channel 32x32 images (two classes)."""
+    torch.manual_seed(6)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(1024, 2)
+    )
+    net.input_shape = (1, 32, 32)
+    return net

@@ -141,3 +141,27 @@ def test_gradcam_on_a_vit_is_refused_before_anything_is_written(tmp_path, capsys
     assert "is a transformer: its last convolution 'conv_proj'" in err
     assert "--param gradcam.layer=" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_grey_folder_data_for_a_one_channel_model_is_shown_grey_with_names(tmp_path, capsys):
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(2)
+    for cls in ("ant", "bee"):
+        (root / cls).mkdir(parents=True)
+        rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(root / cls / "0.png")
+    (root / "boxes.json").write_text(json.dumps({"bee/0.png": [5, 10, 30, 40]}))
+    store = str(tmp_path / "s")
+    data = f"folder:{root}?resize=32&crop=32&mode=L&boxes=boxes.json"
+    argv = ["explain", "--model", "python:support:grey_cnn", "--data", data, "--methods", "grad"]
+    assert main([*argv, "--select", "first", "--limit", "2", "--store", store, "--quiet"]) == 0
+    image = xr.open_zarr(store, group="inputs", chunks=None)["image"]
+    assert image.shape == (2, 1, 32, 32)
+    assert Store(store).attrs()["label_names"] == ["ant", "bee"]
+    png = tmp_path / "bee.png"
+    assert main(["show", "--store", store, "--sample", "1", "--out", str(png)]) == 0
+    shown = np.asarray(Image.open(png).convert("RGB"), dtype=int)
+    left = shown[:, : shown.shape[1] // 2 - 20]  # the image panel
+    cyan = np.abs(left - CYAN).max(2) < 60
+    grey = (np.ptp(left, axis=2) <= 2) | cyan | (left.min(2) > 245)  # grey, box or background
+    assert grey.mean() > 0.97 and cyan.any()
