@@ -165,3 +165,15 @@ def test_grey_folder_data_for_a_one_channel_model_is_shown_grey_with_names(tmp_p
     cyan = np.abs(left - CYAN).max(2) < 60
     grey = (np.ptp(left, axis=2) <= 2) | cyan | (left.min(2) > 245)  # grey, box or background
     assert grey.mean() > 0.97 and cyan.any()
+
+
+def test_never_computed_and_degenerate_maps_are_marked_not_drawn_black():
+    from salaudit.report.display import display_map, map_rgb, map_state
+
+    never = np.full((3, 32, 32), np.nan, np.float32)
+    assert map_state(never) == "not computed" and map_state(np.zeros((3, 4, 4))) == "all zero"
+    partial = np.ones((3, 4, 4))
+    partial[0, 0, 0] = np.inf
+    assert map_state(partial) == "not finite" and map_state(np.ones((1, 2, 2))) == ""
+    hatched = map_rgb(display_map(never))
+    assert set(np.unique(hatched).tolist()) == {200, 235}  # light grey stripes, never black
