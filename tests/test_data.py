@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import zarr
 from PIL import Image
 
 from salaudit import load_dataset
@@ -141,6 +142,15 @@ def test_boxes_follow_resize_and_crop(tmp_path):
     for key in ("loc", "energy_game", "positive_percentage"):
         assert out[key][:3].tolist() == [1.0, 1.0, 1.0]
         assert out[key][3].isnan()  # the box that left the crop is no box
+    # the store holds the same boxes (an explain of the folder with the default model)
+    from salaudit.flows.cli import main
+
+    store = str(tmp_path / "store")
+    spec = f"folder:{tmp_path}?resize=32&crop=32&boxes=boxes.json"
+    argv = ["explain", "--data", spec, "--methods", "grad", "--select", "first", "--quiet"]
+    assert main([*argv, "--limit", "4", "--store", store]) == 0
+    stored = zarr.open_group(store, mode="r")["inputs/bbox"][...]
+    assert stored.tolist() == [want for _, _, want in HAND_BOXES]
     # absolute paths work; boxes.json is not read unless asked for
     absolute = load_dataset(f"folder:{tmp_path}?resize=32&crop=32&boxes={tmp_path}/boxes.json")
     assert torch.equal(absolute.load([2]).bbox, b.bbox[2:3])
