@@ -13,6 +13,13 @@ from salaudit.pipeline.spec import AuditSpec
 DEFAULTS = AuditSpec()  # every flag's default is the spec's
 
 
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+PRECISION_HELP = (
+    "the model's forward under autocast in bf16 or fp16 (gradients and sums stay fp32); "
+    f"default {DEFAULTS.precision}"
+)
+
+
 def _settings(items: list[str], what: str) -> dict[str, dict]:
     """`name.key=value` items -> {name: {key: value}}, values as Python literals."""
     out: dict[str, dict] = {}
@@ -53,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--store", help=f"local path or s3:// URL (default {DEFAULTS.store.url})")
     e.add_argument("--keep-decoys", action="store_true", help="store decoy populations")
+    e.add_argument("--precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     e.add_argument("--seed", type=int, help=f"default {DEFAULTS.seed}")
     e.add_argument("--fresh", action="store_true", help="delete the store's contents first")
     e.add_argument(
@@ -131,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--limit", type=int, help="audit only the first N selected samples")
     u.add_argument("--cluster", help="auto | local | cuda | tcp://SCHEDULER:PORT")
     u.add_argument("--workers", type=int, help="worker processes of a local cluster")
+    u.add_argument("--precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     u.add_argument("--fresh", action="store_true", help="delete the store's contents first")
     u.add_argument("--quiet", action="store_true", help="no progress bar")
     u.add_argument("--verbose", action="store_true", help="Prefect's and Dask's logs too")
@@ -218,6 +227,8 @@ def _explain_spec(args: argparse.Namespace) -> AuditSpec:
     if args.shard_size is not None:
         data["shard_size"] = args.shard_size
     data["keep_decoys"] = args.keep_decoys
+    if args.precision:
+        data["precision"] = args.precision
     data["device"] = args.device
     if args.store:
         data["store"]["url"] = args.store
@@ -369,6 +380,7 @@ def _spec(args: argparse.Namespace):
         "limit": getattr(args, "limit", None),
         "cluster": getattr(args, "cluster", None),
         "workers": getattr(args, "workers", None),
+        "precision": getattr(args, "precision", None),
     }
     data = spec.model_dump(mode="json")
     data |= {k: v for k, v in overrides.items() if v is not None}

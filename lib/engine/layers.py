@@ -20,7 +20,7 @@ def captured(model: PixelModel, layer: str, stop: bool = False):
     store: dict[str, torch.Tensor] = {}
 
     def hook(_module, _inputs, output):
-        store["output"] = output
+        store["output"] = output.float()  # fp32 under autocast too (a differentiable cast)
         if stop:
             raise _Reached
 

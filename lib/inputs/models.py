@@ -20,6 +20,7 @@ from .spec_strings import SpecString, parse_shape
 from .uris import filesystem
 
 MODEL_KINDS = ("builtin", "torchvision", "python")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -58,9 +59,18 @@ class PixelModel(nn.Module):
         self.class_names = list(class_names) if class_names else None  # logit i's class
         self.spec = spec
         self.fingerprint = ""
+        self.precision = "fp32"  # PRECISIONS: the network's forward under autocast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        """Logits in fp32; with a precision other than fp32, the network runs under autocast
+        (its inputs, and so every gradient w.r.t. them, stay fp32)."""
+        z = (x - self.mean) / self.std
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return self.net(z)
+        with torch.autocast(z.device.type, dtype=dtype):
+            out = self.net(z)
+        return out.float()
 
     @property
     def baseline_colour(self) -> torch.Tensor:

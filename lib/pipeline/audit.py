@@ -220,6 +220,7 @@ def preflight(spec: AuditSpec, fresh: bool = False) -> None:
             "data_fingerprint": dataset.fingerprint,
             "selection": spec.sample_selection().to_dict(),
             "seed": spec.seed,
+            "precision": spec.precision,
         }
         store.check_identity(identity, {"model": spec.model, "data": spec.data})
 

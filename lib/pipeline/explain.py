@@ -45,6 +45,7 @@ def prepare(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> Run:
         "data_fingerprint": dataset.fingerprint,
         "selection": selection.to_dict(),
         "seed": spec.seed,
+        "precision": spec.precision,
     }
     attrs = {
         "salaudit_version": __version__,
@@ -143,6 +144,7 @@ def _stored_spec(url: str, attrs: dict, params: dict, names: list[str], device: 
         "store": {"url": url},
         "shard_size": attrs["shard_size"],
         "device": device,
+        "precision": attrs.get("precision", "fp32"),
     }
     for name in names:
         p = dict(params[name])

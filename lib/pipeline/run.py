@@ -87,6 +87,7 @@ def load_parts(spec: AuditSpec, progress: bool):
     """(device, model, dataset, resolved methods) of a spec, checked against each other."""
     device = resolve_device(spec.device)
     model = load_model(spec.model, device=device, progress=progress)
+    model.precision = spec.precision
     dataset = load_dataset(spec.data)
     check_fit(spec, dataset.image_shape, model.input_shape)
     methods = [spec.method(name).resolved(model) for name in spec.methods]
@@ -133,7 +134,13 @@ def attach(spec: AuditSpec, micro_batch: int | None = None, identity: dict | Non
     if not store.exists():
         raise SalauditError(f"there is no store at {spec.store.url}; prepare the run first")
     data = (identity or {}).get("data_fingerprint") or dataset.fingerprint
-    store.check_identity({"model_fingerprint": model.fingerprint, "data_fingerprint": data})
+    store.check_identity(
+        {
+            "model_fingerprint": model.fingerprint,
+            "data_fingerprint": data,
+            "precision": spec.precision,
+        }
+    )
     samples = store.read(schema.inputs("sample"))
     run = make_run(spec, model, dataset, methods, samples, store, device)
     if micro_batch:

@@ -100,6 +100,8 @@ shard_size: 8                          # samples per task and per Zarr chunk
 cluster: auto                          # auto | local | cuda | tcp://SCHEDULER:8786
 workers: null                          # worker processes (null: one per GPU, or 2 on a CPU)
 device: auto                           # auto | cpu | cuda
+precision: fp32                        # fp32 | bf16 | fp16: the model's forward under autocast
+                                       # (gradients and sums stay fp32)
 retries: 2                             # retries of transient faults (storage, lost worker, OOM)
 lease_wait: 0                          # seconds to wait for another audit's lease on the store
 """
@@ -180,6 +182,7 @@ class AuditSpec(BaseModel):
     cluster: str = "auto"
     workers: int | None = Field(None, ge=1)
     device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     retries: int = Field(2, ge=0)
     lease_wait: float = Field(0, ge=0)
     limit: int | None = Field(None, ge=1)

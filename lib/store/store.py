@@ -28,8 +28,10 @@ from ..inputs.uris import filesystem, is_remote, storage_options_for
 from . import integrity, schema
 from .schema import AUDITS, MARKERS
 
-IDENTITY_KEYS = ("model_fingerprint", "data_fingerprint", "selection", "seed")
+IDENTITY_KEYS = ("model_fingerprint", "data_fingerprint", "selection", "seed", "precision")
+IDENTITY_DEFAULTS = {"precision": "fp32"}  # what a store written before the key meant
 _KEY_NAMES = {
+    "precision": "precision",
     "model_fingerprint": "model (weights)",
     "data_fingerprint": "data (content)",
     "selection": "sample selection",
@@ -139,12 +141,13 @@ class Store:
         model and data specs, so the refusal says what the store holds in their terms."""
         stored = self.attrs()
         for key in IDENTITY_KEYS:
-            if key in identity and _jsonable(stored.get(key)) != _jsonable(identity[key]):
+            held_value = stored.get(key, IDENTITY_DEFAULTS.get(key))
+            if key in identity and _jsonable(held_value) != _jsonable(identity[key]):
                 held = f"model {stored.get('model', '?')} on data {stored.get('data', '?')}"
                 this = f"model {run['model']} on data {run['data']}" if run else "this run"
                 raise StoreConflict(
                     f"store {self.url} holds results of {held} with another {_KEY_NAMES[key]} "
-                    f"than {this} ({key} {stored.get(key)!r}, this run {identity[key]!r}); use "
+                    f"than {this} ({key} {held_value!r}, this run {identity[key]!r}); use "
                     "another store, or --fresh to delete it and start over"
                 )
 
