@@ -30,6 +30,16 @@ def chromium() -> str | None:
     )
 
 
+def require_chromium() -> None:
+    """Skip where Chromium is missing; on CI (which installs it) its absence is a failure."""
+    import pytest
+
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium (.ci/run installs it)")
+        pytest.skip("no /usr/bin/chromium here: apt-get install chromium")
+
+
 @dataclass
 class Page:
     problems: list[str] = field(default_factory=list)  # console errors, page errors, failed loads

@@ -4,14 +4,13 @@ store and the report; a 224x224 audit whose report shows maps at size with the b
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from browser import chromium, visit
+from browser import require_chromium, visit
 from PIL import Image
 
 import salaudit.flows.audit  # noqa: F401  (Prefect binds its log handler at first import)
@@ -85,10 +84,7 @@ def _photographs(root: Path) -> dict[str, list[int]]:
 
 @pytest.mark.slow
 def test_a_224_audit_report_shows_maps_at_size_with_their_boxes(tmp_path, capsys):
-    if chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs Debian's chromium (.ci/run installs it)")
-        pytest.skip("no /usr/bin/chromium here: apt-get install chromium")
+    require_chromium()
     _photographs(tmp_path / "photos")
     store = tmp_path / "store"
     spec = {

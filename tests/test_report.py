@@ -4,13 +4,12 @@ headless Chromium, and sections whose data is missing saying so."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
-from browser import chromium, visit
+from browser import require_chromium, visit
 from PIL import Image
 from scipy import stats
 
@@ -177,10 +176,7 @@ def test_localisation_means_equal_the_energy_game_of_the_stored_maps(full_store,
 
 @pytest.mark.slow
 def test_the_report_renders_in_headless_chromium(full_report, tmp_path):
-    if chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs Debian's chromium (.ci/run installs it)")
-        pytest.skip("no /usr/bin/chromium here: apt-get install chromium")
+    require_chromium()
     out, report = full_report
     shot = tmp_path / "top.png"
     page = visit((out / "index.html").as_uri(), shot)
