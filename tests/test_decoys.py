@@ -10,7 +10,15 @@ from scipy import ndimage
 
 from salaudit import load_model
 from salaudit.engine.layers import receptive_field
-from salaudit.methods.decoys import DecoyConfig, aggregate, make_decoys, masks_for, pack_masks
+from salaudit.errors import SalauditError
+from salaudit.methods.decoys import (
+    DecoyConfig,
+    aggregate,
+    make_decoys,
+    masks_for,
+    pack_masks,
+    population_size,
+)
 from salaudit.methods.gradients import Context
 from salaudit.methods.registry import get_method
 
@@ -24,13 +32,21 @@ def patches(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 @pytest.mark.parametrize(
-    ("size", "patch", "stride", "spacing", "m"),
-    [(32, 3, 1, 6, 5), (32, 3, 3, 6, 5), (20, 4, 2, 7, 3), (17, 3, 1, 4, 2)],
+    ("size", "patch", "stride", "spacing", "m", "n"),
+    [
+        (32, 3, 1, 6, 5, None),
+        (32, 3, 3, 6, 5, None),
+        (20, 4, 2, 7, 3, None),
+        (17, 3, 1, 4, 2, None),
+        (32, 3, 1, 6, 25, 50),  # a budget of 50 masks: 900 positions, at most 25 per mask
+        (32, 3, 1, 4, 64, 16),  # 16 masks: one per origin modulo 4, at most 8 x 8 patches
+    ],
 )
-def test_masks_cover_every_pixel_with_spaced_patches(size, patch, stride, spacing, m):
-    plan = pack_masks(size, size, patch, stride, spacing, m)
+def test_masks_cover_every_pixel_with_spaced_patches(size, patch, stride, spacing, m, n):
+    plan = pack_masks(size, size, patch, stride, spacing, None if n else m, n)
     masks = plan.masks.numpy()
     assert masks.any(0).all(), "some pixel is in no mask"
+    assert n is None or plan.n == n
     for mask in masks:
         boxes = patches(mask)
         assert len(boxes) <= m
@@ -46,8 +62,8 @@ def test_masks_cover_every_pixel_with_spaced_patches(size, patch, stride, spacin
         assert torch.equal(torch.sort(real).values, torch.nonzero(mask.flatten()).flatten())
 
 
-def test_default_masks_keep_patches_one_receptive_field_apart(model):
-    cfg = DecoyConfig().resolved(model)
+def test_without_a_budget_masks_keep_patches_one_receptive_field_apart(model):
+    cfg = DecoyConfig(decoys=None).resolved(model)
     rf = max(receptive_field(model, cfg.layer))
     assert rf == 4 and cfg.layer == "pool1" and cfg.patch == 3 and cfg.stride == 1
     plan = masks_for(model, cfg)
@@ -57,6 +73,39 @@ def test_default_masks_keep_patches_one_receptive_field_apart(model):
         boxes = patches(mask)
         gaps = [max(abs(a[0] - b[0]), abs(a[1] - b[1])) - 3 for a in boxes for b in boxes if a != b]
         assert min(gaps, default=99) >= rf - 1  # no unit of pool1 sees two patches
+
+
+@pytest.mark.parametrize(
+    ("decoys", "spacing", "per_mask", "lr"),
+    # 900 patch positions at pool1 (RF 4): spacing 6 needs 36 masks, so N = 72 decoys
+    [(2, 1, 900, 0.002), (16, 2, 113, 0.002), (64, 5, 36, 0.002), (72, 6, 25, 0.1)],
+)
+def test_a_budget_sets_the_population_and_packs_as_widely_as_it_allows(
+    model, decoys, spacing, per_mask, lr
+):
+    cfg = DecoyConfig(decoys=decoys).resolved(model)
+    assert (cfg.spacing, cfg.per_mask, cfg.lr) == (spacing, per_mask, lr)
+    plan = masks_for(model, cfg)
+    assert plan.n == decoys // 2 and plan.masks.any(0).all()
+    assert 2 * plan.n + 1 == population_size(model, cfg)
+    blur = DecoyConfig("blur", decoys=decoys).resolved(model)
+    assert masks_for(model, blur).n == decoys  # one proxy decoy per mask
+    params = cfg.params()
+    assert (params["decoys"], params["spacing"], params["per_mask"]) == (decoys, spacing, per_mask)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"decoys": 7}, "even number"),
+        ({"decoys": 0}, "even number"),
+        ({"decoys": 4000}, "more than the 900 patch positions"),
+        ({"decoys": 16, "spacing": 6}, "needs more masks"),
+    ],
+)
+def test_a_budget_the_input_cannot_hold_is_refused(model, settings, words):
+    with pytest.raises(SalauditError, match=words):
+        DecoyConfig(**settings).resolved(model)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,8 @@ else:
     from salaudit.report.html import write_report
 data = yaml.safe_load(DEFAULT_SPEC)
 data["store"]["url"], data["limit"], data["shard_size"] = sys.argv[1], 2, 1
+if sys.argv[3] != "before":  # the decoys of before the budget (issue 18): no budget, stride 3
+    data["decoys"] = {"dance": {"stride": 3, "decoys": None}}
 audit_direct(parse_spec(data), fresh=True, progress=False)
 write_report(sys.argv[1], sys.argv[2])
 """

@@ -50,7 +50,11 @@ def check_contract(url: str, n: int = 4) -> xr.DataTree:
         assert dance[diag].dims == ("sample", "decoy")
     assert dance["mask"].values[0] == -1 and set(dance["sign"].values[1:]) == {-1, 1}
     assert tree["decoys/dance/saliency"].ds["grad"].dims == ("sample", "decoy", "channel", "y", "x")
-    assert tree["decoys/blur"].ds.sizes["decoy"] == (k - 1) // 2 + 1
+    assert tree["decoys/blur"].ds.sizes["decoy"] == k == 17  # the budget's 16 decoys and x
+    budget = maps["dance-grad"].attrs["decoys"]  # the budget and its packing, recorded
+    # stride 3: origins 0, 3, ..., 27 and 29 per axis; spaced 3 apart they fall in 4 groups
+    # (100, 10, 10 and 1 positions), and the 8 masks give the 100 five masks of 20 patches
+    assert (budget["decoys"], budget["spacing"], budget["per_mask"]) == (16, 3, 20)
     np.testing.assert_array_equal(dance["sample"].values, inputs["sample"].values)
     attrs = tree.attrs
     assert {"model_fingerprint", "data_fingerprint", "selection", "salaudit_version"} <= set(attrs)

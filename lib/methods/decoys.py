@@ -1,8 +1,10 @@
 """DANCE: decoy-enhanced saliency (METHODS.md, papers dance-*.txt).
 
 A decoy x~ of x differs from x only inside a mask M and keeps the layer-l representation F_l
-(almost) unchanged. Masks pack m patches of P x P pixels at stride S, patches of one mask far
-enough apart that no unit of layer l sees two of them. Optimised decoys push the masked pixels up
+(almost) unchanged. Masks pack m patches of P x P pixels at stride S; a decoy budget N sets the
+number of masks (N / 2 for the optimised decoys, two signs each) and m follows. Patches of one
+mask are far enough apart that no unit of layer l sees two of them where N allows that, and
+packed closer where it does not (docs/decoys.md). Optimised decoys push the masked pixels up
 (s = +1) or down (s = -1) as far as the representation constraint allows; the blur, constant and
 noise generators are the papers' proxies and controls. A base method's maps of the decoys, with
 the original as one more member of the population, are aggregated per feature by their range
@@ -15,6 +17,7 @@ table A1) weighs the penalty in these normalised units.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -33,16 +36,22 @@ Tensor = torch.Tensor
 GENERATORS = ("dance", "blur", "constant", "noise")
 INIT_CLAMP = 1e-3
 MAX_LAMBDA = 1e20  # doubling stops here so lambda * excess^2 stays finite in float32
+DEFAULT_DECOYS = 16  # the population size from the measured budget table (docs/decoys.md)
+SPACED_LR, CLOSE_LR = 0.1, 0.002  # Adam's step on spaced and on closer-packed masks (measured)
 
 
 @dataclass(frozen=True)
 class DecoyConfig:
     """One decoy configuration; every base method that uses it shares its decoys.
 
-    Masks: `patch` P, `stride` S, `per_mask` m patches per mask (None: as many as keep a mask
-    within `mask_fraction` of the pixels), patches of one mask at least P + RF - 1 apart (RF the
-    receptive field of `layer`). Optimisation ("dance"): Adam with `lr` on the tanh variables,
-    `steps_per_round` steps a round, at most `max_rounds` rounds (None: three times the rounds
+    Masks: `patch` P, `stride` S. With a budget of `decoys` N the population has N decoys, so
+    N / 2 masks for "dance" (N even) and N for the proxies; each mask holds about positions / masks
+    patches, spaced `spacing` apart (None: P + RF - 1, RF the receptive field of `layer`, where
+    the budget has room for that many masks per axis squared, else the largest spacing it has
+    room for). With `decoys` None the old rule holds: `per_mask` m patches per mask (None: as
+    many as keep a mask within `mask_fraction` of the pixels), always spaced P + RF - 1.
+    Optimisation ("dance"): Adam with `lr` on the tanh variables (None: 0.1 on spaced masks,
+    0.002 on closer-packed ones, where larger steps overshoot), `steps_per_round` steps a round, at most `max_rounds` rounds (None: three times the rounds
     tau needs to reach eps, plus 20); success once the penalty is zero at relative tau <= `eps`.
     Defaults (eps, lr, steps) come from the measured trade-off in docs/decoys.md.
     """
@@ -51,10 +60,12 @@ class DecoyConfig:
     layer: str | None = None
     patch: int = 3
     stride: int = 1
+    decoys: int | None = DEFAULT_DECOYS
+    spacing: int | None = None
     per_mask: int | None = None
     mask_fraction: float = 0.05
     eps: float = 0.1
-    lr: float = 0.1
+    lr: float | None = None
     steps_per_round: int = 1
     max_rounds: int | None = None
     lambda0: float = 1e4
@@ -74,15 +85,56 @@ class DecoyConfig:
             )
         if not 0 < self.eps < 1:
             raise SalauditError(f"decoy eps must be in (0, 1), not {self.eps}")
+        if self.decoys is not None:
+            two = self.generator == "dance"
+            if self.decoys < 1 + two or (two and self.decoys % 2):
+                raise SalauditError(
+                    f"decoys={self.decoys}: the optimised decoys come in pairs (s = +1 and -1 on "
+                    "each mask); give an even number of at least 2"
+                    if two
+                    else f"decoys={self.decoys}: give at least 1"
+                )
+        if self.spacing is not None and self.spacing < 1:
+            raise SalauditError(f"decoy spacing must be at least 1, not {self.spacing}")
+
+    @property
+    def n_masks(self) -> int | None:
+        """Masks the budget asks for (None without a budget)."""
+        if self.decoys is None:
+            return None
+        return self.decoys // 2 if self.generator == "dance" else self.decoys
 
     def resolved(self, model: PixelModel) -> DecoyConfig:
-        """This config with the layer and m filled in for `model` (the layer checked)."""
+        """This config with the layer, the spacing and m filled in for `model` (the layer
+        checked; a budget the image cannot hold refused)."""
         layer = self.layer or model.default_layer("decoy")
         model.layer(layer)
         _, h, w = model.input_shape
-        m = self.per_mask or max(1, int(self.mask_fraction * h * w / self.patch**2))
         rounds = self.max_rounds or 3 * self.rounds_to_eps() + 20
-        return replace(self, layer=layer, per_mask=m, max_rounds=rounds)
+        wide = self.patch + max(receptive_field(model, layer)) - 1
+        ys, xs = _origins(h, self.patch, self.stride), _origins(w, self.patch, self.stride)
+        done = {"layer": layer, "max_rounds": rounds}
+        if self.n_masks is None:
+            m = self.per_mask or max(1, int(self.mask_fraction * h * w / self.patch**2))
+            return replace(self, **done, per_mask=m, spacing=wide, lr=self.lr or SPACED_LR)
+        if self.n_masks > len(ys) * len(xs):
+            raise SalauditError(
+                f"decoys={self.decoys} asks for {self.n_masks} masks, more than the "
+                f"{len(ys) * len(xs)} patch positions of a {h}x{w} input at patch {self.patch}, "
+                f"stride {self.stride}: give fewer decoys"
+            )
+        spacing = self.spacing or max(
+            s for s in range(1, wide + 1) if _groups(ys, s) * _groups(xs, s) <= self.n_masks
+        )
+        if _groups(ys, spacing) * _groups(xs, spacing) > self.n_masks:
+            raise SalauditError(
+                f"decoy spacing {spacing} needs more masks than decoys={self.decoys} gives: "
+                "leave spacing out or give more decoys"
+            )
+        counts = _allot([len(g) for g in _grouped(ys, xs, spacing).values()], self.n_masks)
+        m = max(-(-size // c) for size, c in counts)
+        lr = self.lr or (SPACED_LR if spacing >= wide else CLOSE_LR)
+        return replace(self, **done, per_mask=m, spacing=spacing, lr=lr)
 
     def rounds_to_eps(self) -> int:
         """Successful rounds tau needs to fall from 1 to eps."""
@@ -90,7 +142,8 @@ class DecoyConfig:
 
     def params(self) -> dict:
         """The parameters that shape this generator's decoys (stored with them)."""
-        keep = {"generator", "layer", "patch", "stride", "per_mask", "mask_fraction", "eps"}
+        keep = {"generator", "layer", "patch", "stride", "decoys", "spacing", "per_mask", "eps"}
+        keep |= {"mask_fraction"} if self.decoys is None else set()
         keep |= {
             "dance": {"lr", "steps_per_round", "max_rounds", "lambda0", "tau_decay"},
             "blur": {"blur_size"},
@@ -120,18 +173,55 @@ def _origins(size: int, patch: int, stride: int) -> list[int]:
     return found if found[-1] == last else [*found, last]
 
 
-def pack_masks(height: int, width: int, patch: int, stride: int, spacing: int, per_mask: int):
-    """Pack the patch positions into masks of at most `per_mask` patches whose origins are at
-    least `spacing` apart (Chebyshev): positions are grouped by origin modulo `spacing`, and
-    each group is dealt round-robin into as few masks as hold it."""
+def _grouped(ys: list[int], xs: list[int], spacing: int) -> dict:
+    """Patch origins grouped by origin modulo `spacing`: each group is spaced by construction."""
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for y in _origins(height, patch, stride):
-        for x in _origins(width, patch, stride):
+    for y in ys:
+        for x in xs:
             groups.setdefault((y % spacing, x % spacing), []).append((y, x))
+    return dict(sorted(groups.items()))
+
+
+def _groups(origins: list[int], spacing: int) -> int:
+    return len({o % spacing for o in origins})
+
+
+def _allot(sizes: list[int], total: int) -> list[tuple[int, int]]:
+    """(size, masks) per group: `total` masks shared among groups of positions, at least one
+    each, each further mask to the group whose masks hold the most patches (so the largest mask
+    is as small as it can be)."""
+    counts = [1] * len(sizes)
+    heap = [(-s, i) for i, s in enumerate(sizes)]
+    heapq.heapify(heap)
+    for _ in range(total - len(sizes)):
+        _, i = heapq.heappop(heap)
+        counts[i] += 1
+        if counts[i] < sizes[i]:
+            heapq.heappush(heap, (-sizes[i] / counts[i], i))
+    return list(zip(sizes, counts, strict=True))
+
+
+def pack_masks(
+    height: int,
+    width: int,
+    patch: int,
+    stride: int,
+    spacing: int,
+    per_mask: int | None = None,
+    n_masks: int | None = None,
+) -> MaskPacking:
+    """Pack the patch positions into masks whose patch origins are at least `spacing` apart
+    (Chebyshev): positions are grouped by origin modulo `spacing` and each group is dealt
+    round-robin into its masks, as few as hold `per_mask` patches each, or `n_masks` in all
+    shared among the groups in proportion to their sizes."""
+    groups = _grouped(_origins(height, patch, stride), _origins(width, patch, stride), spacing)
+    sizes = [len(g) for g in groups.values()]
+    if n_masks is None:
+        counts = [(s, math.ceil(s / per_mask)) for s in sizes]
+    else:
+        counts = _allot(sizes, n_masks)
     masks = []
-    for key in sorted(groups):
-        members = groups[key]
-        chunks = math.ceil(len(members) / per_mask)
+    for members, (_, chunks) in zip(groups.values(), counts, strict=True):
         for c in range(chunks):
             m = torch.zeros(height, width, dtype=torch.bool)
             for y, x in members[c::chunks]:
@@ -150,8 +240,9 @@ def pack_masks(height: int, width: int, patch: int, stride: int, spacing: int, p
 def masks_for(model: PixelModel, config: DecoyConfig) -> MaskPacking:
     """The mask plan of a resolved config on `model`'s input size."""
     _, h, w = model.input_shape
-    rf = max(receptive_field(model, config.layer))
-    return pack_masks(h, w, config.patch, config.stride, config.patch + rf - 1, config.per_mask)
+    return pack_masks(
+        h, w, config.patch, config.stride, config.spacing, config.per_mask, config.n_masks
+    )
 
 
 @dataclass
