@@ -52,8 +52,8 @@ def scores(args, n: int) -> tuple[dict[str, np.ndarray], float]:
     ds = xr.open_zarr(store, group="metrics", chunks=None)
     out = {}
     for method in ("grad", "dance-grad"):
-        out[f"fidelity/{method}"] = ds["fidelity"].sel(method=method).values.astype("float64")
-        sens = ds["sensitivity"].sel(method=method, attack="topk@grad")
+        out[f"fidelity/{method}"] = ds["fidelity"].sel({"method": method}).values.astype("float64")
+        sens = ds["sensitivity"].sel({"method": method, "attack": "topk@grad"})
         out[f"sensitivity/{method}"] = sens.values.astype("float64")
     return out, seconds
 

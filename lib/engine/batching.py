@@ -3,40 +3,109 @@ in micro-batches sized to a memory budget, never one image at a time."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import SalauditError
+
 # On a 2-core CPU a small CNN's forward+backward throughput peaks at a few dozen rows and falls
-# for larger batches (docs/benchmarks.md); on a GPU the budget decides.
+# for larger batches (docs/benchmarks.md); on a GPU the memory budget decides.
 CPU_MICRO_BATCH = 64
-GPU_MEMORY_FRACTION = 0.5
 GPU_MAX_MICRO_BATCH = 4096
+MEMORY_FRACTION = {"cuda": 0.5, "cpu": 0.25}  # of the free memory, when no budget is given
+UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 # build(rows) -> (inputs, targets, aux): the rows' model inputs, target classes and anything the
 # caller wants handed back with their gradients.
 RowBuilder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, Any]]
 
 
-def micro_batch_size(model: torch.nn.Module, device: torch.device | str) -> int:
-    """Rows per micro-batch: fixed on a CPU; on a GPU, sized from a probe's peak memory so a
-    forward+backward pass fits in a fraction of the free memory."""
+def parse_bytes(text: str) -> int:
+    """'512MB', '4GiB', '2e9' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.e+]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match and UNITS.get(match.group(2).lower() or "b")
+    if not unit:
+        raise SalauditError(f"memory budget {text!r} is not a size; write e.g. 512MB or 4GiB")
+    return int(float(match.group(1)) * unit)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on `device`: CUDA's free memory, or the RAM the kernel reports available."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def pass_bytes(model: torch.nn.Module, rows: int, device: torch.device) -> int:
+    """Bytes a forward+backward pass of `rows` rows holds: on CUDA the allocator's peak above
+    what was allocated before; on a CPU the input, its gradient and every tensor autograd saves
+    for the backward (each storage counted once), weights included."""
+    x = torch.rand(rows, *model.input_shape, device=device)
+    target = torch.zeros(rows, dtype=torch.long, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        target_gradient(model, x, target)
+        return torch.cuda.max_memory_allocated(device) - before
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        target_gradient(model, x, target)
+    return sum(storages.values()) + 2 * x.nbytes
+
+
+def row_bytes(model: torch.nn.Module, device: torch.device | str, probe: int = 2) -> int:
+    """Memory one more row adds to a forward+backward pass: the difference between passes of
+    2 * probe and probe rows, so weights and buffers drop out."""
     device = torch.device(device)
-    if device.type != "cuda":
-        return CPU_MICRO_BATCH
-    probe = 16
-    shape = model.input_shape
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    x = torch.rand(probe, *shape, device=device, requires_grad=True)
-    target = torch.zeros(probe, dtype=torch.long, device=device)
-    target_gradient(model, x, target)
-    per_row = max(1, (torch.cuda.max_memory_allocated(device) - before) // probe)
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(probe, min(GPU_MAX_MICRO_BATCH, GPU_MEMORY_FRACTION * free // per_row)))
+    return max(1, (pass_bytes(model, 2 * probe, device) - pass_bytes(model, probe, device)) // probe)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """A micro-batch and what it was sized from."""
+
+    rows: int
+    row_bytes: int
+    budget: int
+
+    def __str__(self) -> str:
+        return (
+            f"micro-batch {self.rows} rows ({self.row_bytes / 2**20:.1f} MiB a row, budget "
+            f"{self.budget / 2**20:.0f} MiB)"
+        )
+
+
+def size_micro_batch(
+    model: torch.nn.Module, device: torch.device | str, budget: int | None = None
+) -> Sizing:
+    """Rows per micro-batch so a forward+backward pass fits `budget` bytes (default: a fraction
+    of the free memory), measured by a probe on `device`; at most 64 on a CPU (throughput
+    falls beyond) and 4096 on a GPU."""
+    device = torch.device(device)
+    per_row = row_bytes(model, device)
+    if budget is None:
+        budget = int(MEMORY_FRACTION[device.type] * free_memory(device))
+    cap = GPU_MAX_MICRO_BATCH if device.type == "cuda" else CPU_MICRO_BATCH
+    return Sizing(max(1, min(cap, budget // per_row)), per_row, budget)
+
+
+def micro_batch_size(model: torch.nn.Module, device: torch.device | str) -> int:
+    """Rows per micro-batch in the default budget (`size_micro_batch`)."""
+    return size_micro_batch(model, device).rows
 
 
 def target_gradient(

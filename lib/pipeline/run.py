@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..engine.batching import micro_batch_size
+from ..engine.batching import parse_bytes, size_micro_batch
 from ..errors import SalauditError
 from ..inputs.data import Dataset, load_dataset
 from ..inputs.models import PixelModel, load_model
@@ -120,7 +120,10 @@ def make_run(spec, model, dataset, methods, samples, store, device) -> Run:
     refs = None
     if any(m.info.needs_references for m in methods):
         refs = dataset.references(REFERENCE_IMAGES, spec.seed).to(device)
-    micro_batch = micro_batch_size(model, device)
+    micro_batch = spec.micro_batch
+    if micro_batch == "auto":
+        budget = parse_bytes(spec.memory_budget) if spec.memory_budget else None
+        micro_batch = size_micro_batch(model, device, budget).rows
     return Run(spec, model, dataset, methods, samples, store, device, micro_batch, refs)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..attacks.catalogue import attack_params, parse_attack
+from ..engine.batching import parse_bytes
 from ..errors import SalauditError
 from ..inputs.selection import MODES, Selection
 from ..inputs.uris import is_remote
@@ -101,6 +102,8 @@ cluster: auto                          # auto | local | cuda | tcp://SCHEDULER:8
 workers: null                          # worker processes (null: one per GPU, or 2 on a CPU)
 device: auto                           # auto | cpu | cuda
 precision: fp32                        # fp32 | bf16 | fp16: the model's forward under autocast
+micro_batch: auto                      # rows per pass through the model, or auto: sized by a
+memory_budget: null                    # probe to this budget (e.g. 4GiB; null: a share of free)
                                        # (gradients and sums stay fp32)
 retries: 2                             # retries of transient faults (storage, lost worker, OOM)
 lease_wait: 0                          # seconds to wait for another audit's lease on the store
@@ -183,6 +186,8 @@ class AuditSpec(BaseModel):
     workers: int | None = Field(None, ge=1)
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    micro_batch: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    memory_budget: str | None = None
     retries: int = Field(2, ge=0)
     lease_wait: float = Field(0, ge=0)
     limit: int | None = Field(None, ge=1)
@@ -209,6 +214,16 @@ class AuditSpec(BaseModel):
     def _known_attacks(cls, value: list[str]) -> list[str]:
         for name in value:
             parse_attack(name.strip())
+        return value
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_bytes(value)
+            except SalauditError as e:
+                raise ValueError(str(e)) from None
         return value
 
     @field_validator("metrics")

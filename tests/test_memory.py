@@ -1,0 +1,53 @@
+"""Micro-batches sized to memory: a probe measures a row, the budget bounds the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from salaudit.engine.batching import pass_bytes, row_bytes, size_micro_batch
+from salaudit.errors import SalauditError
+from salaudit.pipeline.run import make_run
+from salaudit.pipeline.spec import parse_spec
+
+CPU = torch.device("cpu")
+
+
+def weight_bytes(model) -> int:
+    return sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
+
+
+@pytest.mark.parametrize("budget", [2**20, 3 * 2**20, 10 * 2**20])
+def test_auto_micro_batch_never_exceeds_the_budget_it_states(model, budget):
+    sizing = size_micro_batch(model, CPU, budget)
+    assert sizing.budget == budget and sizing.row_bytes == row_bytes(model, CPU)
+    assert 1 <= sizing.rows <= 64 and sizing.rows * sizing.row_bytes <= budget
+    # what a pass of that many rows holds, weights aside, stays within the budget
+    assert pass_bytes(model, sizing.rows, CPU) - weight_bytes(model) <= budget
+    if sizing.rows < 64:  # and one more row would not fit: the budget, not the cap, decided
+        assert (sizing.rows + 1) * sizing.row_bytes > budget
+    assert f"micro-batch {sizing.rows} rows" in str(sizing)
+
+
+def test_a_row_costs_its_activations(model):
+    """The probe sees what the default CNN saves for its backward: per row, at least its input
+    and the first convolution's output (16 channels at 32 x 32, float32)."""
+    per_row = row_bytes(model, CPU)
+    assert per_row >= 4 * (3 + 16) * 32 * 32
+    assert pass_bytes(model, 8, CPU) > pass_bytes(model, 4, CPU)
+
+
+def test_the_spec_sizes_the_run_to_its_budget(model, tmp_path):
+    spec = parse_spec({"methods": ["grad"], "memory_budget": "2MiB", "store": {"url": "x"}})
+    run = make_run(spec, model, None, [], [], None, CPU)
+    assert run.micro_batch == size_micro_batch(model, CPU, 2**21).rows < 64
+    fixed = parse_spec({"methods": ["grad"], "micro_batch": 5, "store": {"url": "x"}})
+    assert make_run(fixed, model, None, [], [], None, CPU).micro_batch == 5
+
+
+@pytest.mark.parametrize(
+    ("field", "words"), [({"memory_budget": "lots"}, "512MB"), ({"micro_batch": 0}, "micro_batch")]
+)
+def test_a_bad_memory_setting_is_refused(field, words):
+    with pytest.raises(SalauditError, match=words):
+        parse_spec({"methods": ["grad"], **field})
