@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.salaudit-installed
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/robust.py
 	$(PY) benchmarks/audit_overhead.py
+	$(PY) benchmarks/real_size.py --archs resnet18 --images 2
+
+bench-gpu: $(STAMP)  ## the GPU checks in one command (needs CUDA; under 8 minutes)
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -23,8 +23,8 @@ import xarray as xr
 from scipy import stats
 
 from salaudit import load_dataset, load_model
-from salaudit.metrics.stats import paired_test
 from salaudit.methods.decoys import DecoyConfig, make_decoys
+from salaudit.metrics.stats import paired_test
 from salaudit.pipeline.attack import attack
 from salaudit.pipeline.evaluate import evaluate
 from salaudit.pipeline.explain import explain

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import task_run
 
 from salaudit.errors import SalauditError
@@ -89,8 +90,24 @@ def audit_unit(
     attempt = task_run.run_count or 1
     if attempt > 1:  # a retry after CUDA ran out of memory runs in smaller micro-batches
         run = dataclasses.replace(run, micro_batch=max(1, run.micro_batch >> (attempt - 1)))
-    out = run_unit(run, plan, Unit.from_dict(unit))
+    out = run_unit(run, plan, Unit.from_dict(unit), UnitProgress(unit["label"]))
     return {**out, "pid": os.getpid(), "attempt": attempt, "device": device_name(run.device)}
+
+
+class UnitProgress:
+    """The unit's own progress artifact in the Prefect UI: shards done, and rows through the
+    model as they go (a long shard shows its rows counting up); created on the first report."""
+
+    def __init__(self, label: str):
+        self.label, self.id = label, None
+
+    def __call__(self, rows: int, done: int, shards: int) -> None:
+        percent = 100.0 * done / max(1, shards)
+        text = f"{self.label}: {done}/{shards} shards, {rows:,} rows through the model"
+        if self.id is None:
+            self.id = create_progress_artifact(percent, description=text)
+        else:
+            update_progress_artifact(self.id, percent, description=text)
 
 
 @task(name="report", persist_result=False)

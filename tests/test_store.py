@@ -50,11 +50,11 @@ def check_contract(url: str, n: int = 4) -> xr.DataTree:
         assert dance[diag].dims == ("sample", "decoy")
     assert dance["mask"].values[0] == -1 and set(dance["sign"].values[1:]) == {-1, 1}
     assert tree["decoys/dance/saliency"].ds["grad"].dims == ("sample", "decoy", "channel", "y", "x")
-    assert tree["decoys/blur"].ds.sizes["decoy"] == k == 17  # the budget's 16 decoys and x
+    assert tree["decoys/blur"].ds.sizes["decoy"] == k == 33  # the budget's 32 decoys and x
     budget = maps["dance-grad"].attrs["decoys"]  # the budget and its packing, recorded
-    # stride 3: origins 0, 3, ..., 27 and 29 per axis; spaced 3 apart they fall in 4 groups
-    # (100, 10, 10 and 1 positions), and the 8 masks give the 100 five masks of 20 patches
-    assert (budget["decoys"], budget["spacing"], budget["per_mask"]) == (16, 3, 20)
+    # stride 3: origins 0, 3, ..., 27 and 29 per axis, 3, 3, 2 and 3 of them per residue modulo
+    # 4; spaced 4 apart they fall in the 16 groups that the 16 masks take one each (at most 9)
+    assert (budget["decoys"], budget["spacing"], budget["per_mask"]) == (32, 4, 9)
     np.testing.assert_array_equal(dance["sample"].values, inputs["sample"].values)
     attrs = tree.attrs
     assert {"model_fingerprint", "data_fingerprint", "selection", "salaudit_version"} <= set(attrs)

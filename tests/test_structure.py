@@ -149,6 +149,6 @@ def test_own_methods_start_from_no_decoy_settings():
     gets none but its own, one naming its own attacks none of the attack parameters."""
     own = parse_spec({"methods": ["dance-grad"]})
     assert own.decoys == {} and own.method("dance-grad").decoys.stride == 1
-    assert AuditSpec().method("dance-grad").decoys.decoys == 16
+    assert AuditSpec().method("dance-grad").decoys.decoys == 32
     attacks = parse_spec({"attacks": ["pgd"]})
     assert attacks.attack_params == {} and attacks.radii is None

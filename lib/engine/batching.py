@@ -71,7 +71,8 @@ def row_bytes(model: torch.nn.Module, device: torch.device | str, probe: int = 2
     """Memory one more row adds to a forward+backward pass: the difference between passes of
     2 * probe and probe rows, so weights and buffers drop out."""
     device = torch.device(device)
-    return max(1, (pass_bytes(model, 2 * probe, device) - pass_bytes(model, probe, device)) // probe)
+    extra = pass_bytes(model, 2 * probe, device) - pass_bytes(model, probe, device)
+    return max(1, extra // probe)
 
 
 @dataclass(frozen=True)

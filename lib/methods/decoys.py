@@ -36,8 +36,8 @@ Tensor = torch.Tensor
 GENERATORS = ("dance", "blur", "constant", "noise")
 INIT_CLAMP = 1e-3
 MAX_LAMBDA = 1e20  # doubling stops here so lambda * excess^2 stays finite in float32
-DEFAULT_DECOYS = 16  # the population size from the measured budget table (docs/decoys.md)
-SPACED_LR, CLOSE_LR = 0.1, 0.002  # Adam's step on spaced and on closer-packed masks (measured)
+DEFAULT_DECOYS = 32  # the population size from the measured budget table (docs/decoys.md)
+SPACED_LR, CLOSE_LR = 0.1, 0.001  # Adam's step on spaced and on closer-packed masks (measured)
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,10 @@ class DecoyConfig:
     room for). With `decoys` None the old rule holds: `per_mask` m patches per mask (None: as
     many as keep a mask within `mask_fraction` of the pixels), always spaced P + RF - 1.
     Optimisation ("dance"): Adam with `lr` on the tanh variables (None: 0.1 on spaced masks,
-    0.002 on closer-packed ones, where larger steps overshoot), `steps_per_round` steps a round, at most `max_rounds` rounds (None: three times the rounds
-    tau needs to reach eps, plus 20); success once the penalty is zero at relative tau <= `eps`.
-    Defaults (eps, lr, steps) come from the measured trade-off in docs/decoys.md.
+    0.001 on closer-packed ones, where larger steps never settle within eps), `steps_per_round`
+    steps a round, at most `max_rounds` rounds (None: three times the rounds tau needs to reach
+    eps, plus 20); success once the penalty is zero at relative tau <= `eps`. Defaults (N, eps,
+    lr, steps) come from the measured trade-offs in docs/decoys.md.
     """
 
     generator: str = "dance"

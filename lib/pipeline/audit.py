@@ -40,6 +40,7 @@ from .evaluate import (
     statistics,
 )
 from .explain import prepare, run_inputs, run_maps
+from .progress import Reporter, RowMeter
 from .run import Run, attach
 from .spec import AuditSpec
 
@@ -258,15 +259,22 @@ def attach_audit(
     return run, plan_audit(spec, run)
 
 
-def run_unit(run: Run, plan: AuditPlan, unit: Unit) -> dict:
-    """Fill one unit, shard by shard; finished shards (done-markers) are skipped. Returns a
-    small summary (what it computed, how many seconds it took)."""
+def run_unit(
+    run: Run, plan: AuditPlan, unit: Unit, report: Reporter | None = None, bar: bool = False
+) -> dict:
+    """Fill one unit, shard by shard; finished shards (done-markers) are skipped. The rows
+    through the model are shown on a bar (`bar`) and handed to `report` as they go. Returns a
+    small summary (what it computed, how many seconds it took, the rows)."""
     started = time.perf_counter()
     computed = []
-    for region in plan.shards(unit):
-        run.store.forget_writes()
-        computed += _fill(run, plan, unit, region)
+    regions = plan.shards(unit)
+    with RowMeter(run.model, len(regions), report, bar, desc=f"{unit.label}") as meter:
+        for region in regions:
+            run.store.forget_writes()
+            computed += _fill(run, plan, unit, region)
+            meter.shard_done()
     return {
+        "rows": meter.rows,
         "stage": unit.kind,
         "start": unit.start,
         "stop": unit.stop,
@@ -338,7 +346,7 @@ def audit_direct(spec: AuditSpec, fresh: bool = False, progress: bool = True) ->
     run, plan = prepare_audit(spec, fresh, progress)
     outcomes, device = {}, device_name(run.device)
     for unit in tqdm(plan.units(), desc="audit", disable=not progress, file=sys.stderr):
-        outcomes[unit] = {**run_unit(run, plan, unit), "device": device}
+        outcomes[unit] = {**run_unit(run, plan, unit, bar=progress), "device": device}
     finish(run, plan, any(o["computed"] for o in outcomes.values()))
     run.store.record_audit(audit_record(spec, started, outcomes, {}, orchestrator="in-process"))
     computed = sum(len(o["computed"]) for o in outcomes.values())

@@ -26,6 +26,7 @@ from ..store import integrity, schema
 from ..store.store import Store, check_reachable
 from ..version import __version__
 from .checks import warnings, write_logit_checks, write_map_checks
+from .progress import RowMeter
 from .run import Run, load_parts, make_run
 from .spec import AuditSpec, parse_spec
 
@@ -368,9 +369,11 @@ def explain(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> dict
         file=sys.stderr,
     )
     computed = []
-    for start, stop in regions:
-        out = run_maps(run, start, stop, on_method=lambda _name: bar.update())
-        computed += out["computed"]
+    with RowMeter(run.model, len(regions), bar=progress, desc="rows through the model") as meter:
+        for start, stop in regions:
+            out = run_maps(run, start, stop, on_method=lambda _name: bar.update())
+            computed += out["computed"]
+            meter.shard_done()
     bar.close()
     summary = {
         "store": run.store.url,

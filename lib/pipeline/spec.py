@@ -45,7 +45,7 @@ CREDENTIAL_KEYS = {
 CLUSTER_KINDS = ("auto", "local", "cuda")
 DEFAULT_ALPHA = 0.05
 # The default audit's choices (the model's defaults below, and DEFAULT_SPEC's)
-DEFAULT_DECOYS = {"dance": {"decoys": 16}}
+DEFAULT_DECOYS = {"dance": {"decoys": 32}}
 DEFAULT_ATTACKS = ["topk@grad", "mass-center@grad", "pgd"]
 DEFAULT_ATTACK_PARAMS = {"topk": {"steps": 30}, "mass-center": {"steps": 30}, "pgd": {"steps": 10}}
 DEFAULT_RADII = [2.0, 8.0, 32.0]
@@ -74,7 +74,7 @@ methods:                               # name: {parameter: value}; {} keeps the 
   dance-grad: {}
   relex: {}
 decoys:                                # per decoy generator (dance, blur, ...)
-  dance: {decoys: 16}                  # the population size at any input size (docs/decoys.md)
+  dance: {decoys: 32}                  # the population size at any input size (docs/decoys.md)
 boundary: {}                           # boundary search of bsm and big
 keep_decoys: false                     # store decoy populations (they grow fast)
 

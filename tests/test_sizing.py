@@ -1,4 +1,5 @@
-"""Micro-batches sized to memory: a probe measures a row, the budget bounds the batch."""
+"""Micro-batches sized to memory (a probe measures a row, the budget bounds the batch), and
+progress inside long units."""
 
 from __future__ import annotations
 
@@ -51,3 +52,16 @@ def test_the_spec_sizes_the_run_to_its_budget(model, tmp_path):
 def test_a_bad_memory_setting_is_refused(field, words):
     with pytest.raises(SalauditError, match=words):
         parse_spec({"methods": ["grad"], **field})
+
+
+def test_a_unit_reports_the_rows_through_the_model_as_it_goes(model):
+    from salaudit.pipeline.progress import RowMeter
+
+    seen = []
+    with RowMeter(model, 2, lambda *r: seen.append(r), every=0.0) as meter:
+        model(torch.rand(5, 3, 32, 32))
+        meter.shard_done()
+        model(torch.rand(3, 3, 32, 32))
+    assert meter.rows == 8 and seen == [(5, 0, 2), (5, 1, 2), (8, 1, 2)]
+    model(torch.rand(2, 3, 32, 32))  # the hook is gone once the unit ends
+    assert meter.rows == 8
