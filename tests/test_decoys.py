@@ -78,7 +78,7 @@ def test_without_a_budget_masks_keep_patches_one_receptive_field_apart(model):
 @pytest.mark.parametrize(
     ("decoys", "spacing", "per_mask", "lr"),
     # 900 patch positions at pool1 (RF 4): spacing 6 needs 36 masks, so N = 72 decoys
-    [(2, 1, 900, 0.001), (16, 2, 113, 0.001), (64, 5, 36, 0.001), (72, 6, 25, 0.1)],
+    [(2, 1, 900, 0.001), (16, 2, 113, 0.001), (64, 5, 36, 0.001), (72, 6, 25, 0.001)],
 )
 def test_a_budget_sets_the_population_and_packs_as_widely_as_it_allows(
     model, decoys, spacing, per_mask, lr

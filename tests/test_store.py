@@ -52,9 +52,10 @@ def check_contract(url: str, n: int = 4) -> xr.DataTree:
     assert tree["decoys/dance/saliency"].ds["grad"].dims == ("sample", "decoy", "channel", "y", "x")
     assert tree["decoys/blur"].ds.sizes["decoy"] == k == 33  # the budget's 32 decoys and x
     budget = maps["dance-grad"].attrs["decoys"]  # the budget and its packing, recorded
-    # stride 3: origins 0, 3, ..., 27 and 29 per axis, 3, 3, 2 and 3 of them per residue modulo
-    # 4; spaced 4 apart they fall in the 16 groups that the 16 masks take one each (at most 9)
-    assert (budget["decoys"], budget["spacing"], budget["per_mask"]) == (32, 4, 9)
+    # stride 3: origins 0, 3, ..., 27 and 29 per axis, 5, 5 and 1 of them per residue modulo 6
+    # (0, 3, 5); the full spacing, 6, fits the 16 masks: 9 groups of 25, 5 or 1 positions, the
+    # four of 25 split in two or three masks (at most 13 patches)
+    assert (budget["decoys"], budget["spacing"], budget["per_mask"]) == (32, 6, 13)
     np.testing.assert_array_equal(dance["sample"].values, inputs["sample"].values)
     attrs = tree.attrs
     assert {"model_fingerprint", "data_fingerprint", "selection", "salaudit_version"} <= set(attrs)

@@ -37,7 +37,9 @@ GENERATORS = ("dance", "blur", "constant", "noise")
 INIT_CLAMP = 1e-3
 MAX_LAMBDA = 1e20  # doubling stops here so lambda * excess^2 stays finite in float32
 DEFAULT_DECOYS = 32  # the population size from the measured budget table (docs/decoys.md)
-SPACED_LR, CLOSE_LR = 0.1, 0.001  # Adam's step on spaced and on closer-packed masks (measured)
+# Adam's step: the budget's masks hold many patches (often closer than a receptive field), and
+# larger steps never settle within eps there (docs/decoys.md); the old rule's small masks take 0.1
+BUDGET_LR, SMALL_MASK_LR = 0.001, 0.1
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class DecoyConfig:
     the budget has room for that many masks per axis squared, else the largest spacing it has
     room for). With `decoys` None the old rule holds: `per_mask` m patches per mask (None: as
     many as keep a mask within `mask_fraction` of the pixels), always spaced P + RF - 1.
-    Optimisation ("dance"): Adam with `lr` on the tanh variables (None: 0.1 on spaced masks,
-    0.001 on closer-packed ones, where larger steps never settle within eps), `steps_per_round`
+    Optimisation ("dance"): Adam with `lr` on the tanh variables (None: 0.001 with a budget,
+    whose masks are large, 0.1 for the old rule's small masks), `steps_per_round`
     steps a round, at most `max_rounds` rounds (None: three times the rounds tau needs to reach
     eps, plus 20); success once the penalty is zero at relative tau <= `eps`. Defaults (N, eps,
     lr, steps) come from the measured trade-offs in docs/decoys.md.
@@ -117,7 +119,7 @@ class DecoyConfig:
         done = {"layer": layer, "max_rounds": rounds}
         if self.n_masks is None:
             m = self.per_mask or max(1, int(self.mask_fraction * h * w / self.patch**2))
-            return replace(self, **done, per_mask=m, spacing=wide, lr=self.lr or SPACED_LR)
+            return replace(self, **done, per_mask=m, spacing=wide, lr=self.lr or SMALL_MASK_LR)
         if self.n_masks > len(ys) * len(xs):
             raise SalauditError(
                 f"decoys={self.decoys} asks for {self.n_masks} masks, more than the "
@@ -134,8 +136,7 @@ class DecoyConfig:
             )
         counts = _allot([len(g) for g in _grouped(ys, xs, spacing).values()], self.n_masks)
         m = max(-(-size // c) for size, c in counts)
-        lr = self.lr or (SPACED_LR if spacing >= wide else CLOSE_LR)
-        return replace(self, **done, per_mask=m, spacing=spacing, lr=lr)
+        return replace(self, **done, per_mask=m, spacing=spacing, lr=self.lr or BUDGET_LR)
 
     def rounds_to_eps(self) -> int:
         """Successful rounds tau needs to fall from 1 to eps."""
