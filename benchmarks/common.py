@@ -35,13 +35,13 @@ def timed(fn, device, repeats: int = 1) -> float:
     return best
 
 
-def floor(model, device, layer=None, seconds=2.0) -> tuple[float, int, str]:
+def floor(model, device, layer=None, seconds=2.0, batches=BATCHES) -> tuple[float, int, str]:
     """Best rows/s of bare forward+backward (to `layer` if given) over batch sizes and memory
     formats, each the median of 5 repeats."""
     best = (0.0, 0, "")
     for fmt in (torch.channels_last, torch.contiguous_format):
         net = model.to(memory_format=fmt)
-        for b in BATCHES:
+        for b in batches:
             x = torch.rand(b, *model.input_shape, device=device)
 
             def step(x=x, net=net):

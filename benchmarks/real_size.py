@@ -219,9 +219,11 @@ def bench_arch(
     x = torch.rand(args.images, 3, 224, 224, device=device)
     with torch.no_grad():
         target = model(x).argmax(1)
-    full, full_b, _ = floor(model, device, seconds=4.0)
+    # batches up to the micro-batch the engine uses (at 224 a CPU batch of 512 is 11 GB)
+    batches = [b for b in (2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= max(2, sizing.rows)]
+    full, full_b, _ = floor(model, device, seconds=2.0, batches=batches)
     layer = get_method("dance-grad").resolved(model).decoys.layer
-    part, part_b, _ = floor(model, device, layer, seconds=4.0)
+    part, part_b, _ = floor(model, device, layer, seconds=2.0, batches=batches)
     emit(
         f"### {arch} ({sizing})",
         "",
