@@ -6,6 +6,7 @@ import argparse
 import ast
 import os
 import sys
+import time
 
 from salaudit.errors import SalauditError
 from salaudit.pipeline.spec import AuditSpec
@@ -151,6 +152,12 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("plan", help="print what an audit will do, without running it")
     n.add_argument("spec", nargs="?", help="audit spec (YAML; default: the embedded default)")
     n.add_argument("--limit", type=int, help="as salaudit audit --limit")
+    n.add_argument(
+        "--samples",
+        type=int,
+        help="estimate for this many samples (default: the spec's selection of its data), "
+        "calibrated on the spec's data",
+    )
 
     r = sub.add_parser("report", help="write a store's HTML report (tables, statistics, figures)")
     r.add_argument(
@@ -490,34 +497,63 @@ def _init(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     from salaudit.flows.cluster import worker_count, worker_threads
     from salaudit.inputs.data import load_dataset
-    from salaudit.pipeline.estimate import FLOW_START_SECONDS, FLOW_UNIT_SECONDS, estimate
+    from salaudit.pipeline.estimate import (
+        FLOW_START_SECONDS,
+        FLOW_UNIT_SECONDS,
+        PROBE_SAMPLES,
+        PROBE_SECONDS,
+        SHRUNK_SIDE,
+        estimate,
+    )
 
     spec = _spec(args)
-    n = min(spec.sample_selection().n or 10**12, len(load_dataset(spec.data)))
-    print("salaudit: calibrating every stage on this machine (1 sample, then 4) ...", flush=True)
+    if args.samples is not None and args.samples < 1:
+        raise SalauditError(f"--samples {args.samples}: give a number of samples of at least 1")
+    n = args.samples or min(spec.sample_selection().n or 10**12, len(load_dataset(spec.data)))
+    print("salaudit: calibrating every stage on this machine ...", flush=True)
     workers, threads = worker_count(spec), worker_threads(spec)
+    started = time.perf_counter()
     est = estimate(spec, n, workers or 1, threads)
+    how = (
+        f"rows counted on one sample shrunk to {SHRUNK_SIDE} px, each stage timed "
+        f"{PROBE_SECONDS:g} s at full size"
+        if est.shrunk
+        else f"every stage run on 1 sample, then {PROBE_SAMPLES}"
+    )
+    print(f"salaudit: calibrated in {time.perf_counter() - started:.0f} s ({how})")
     shown = workers or "the scheduler's"
     print(f"audit of {n} samples of {spec.data} by {spec.model} into {spec.store.url}")
     print(f"  methods: {', '.join(spec.methods)}")
     print(f"  attacks: {', '.join(spec.attacks) or 'none'}")
     print(f"  cluster: {spec.cluster} ({shown} workers, {threads} torch threads each)")
     print(f"  {est.shards} shards of up to {spec.shard_size} samples, {est.units} units (tasks)")
-    print("  per stage: images through the model per sample; seconds per shard + per sample")
+    print(
+        "  per stage: images through the model per sample; seconds per shard + per sample; "
+        "the stage's compute over the audit on one worker"
+    )
     for stage, per in est.stage_sample_seconds.items():
         print(
             f"    {stage:<8} {est.model_rows[stage]:>9,.0f} images "
-            f"{est.stage_shard_seconds[stage]:>7.2f} s + {per:>7.3f} s"
+            f"{est.stage_shard_seconds[stage]:>7.2f} s + {per:>7.3f} s "
+            f"{_duration(est.stage_seconds[stage]):>10}"
         )
     print(
-        f"  estimated time: {est.seconds / 60:.1f} min ({FLOW_START_SECONDS:.0f} s start, "
+        f"  estimated time: {_duration(est.seconds)} ({FLOW_START_SECONDS:.0f} s start, "
         f"{FLOW_UNIT_SECONDS * est.units:.0f} s for the units, the compute on "
         f"{est.parallel:g} workers' worth of this machine)"
     )
     print(
-        f"  storage: about {_size(est.stored_bytes)} as written"
+        f"  storage: about {_size(est.stored_bytes)} in {est.objects:,} objects as written"
         + (" (decoy populations kept)" if spec.keep_decoys else "")
     )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:,.1f} h"
 
 
 def _size(n: float) -> str:

@@ -160,6 +160,21 @@ def cnn224() -> nn.Module:
     return net
 
 
+def pooled224() -> nn.Module:
+    """A small untrained conv net on 3x224x224 images (three classes) that takes any size (its
+    head pools adaptively), as torchvision's CNNs do."""
+    torch.manual_seed(7)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=4, padding=2),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    )
+    net.input_shape = (3, 224, 224)
+    return net
+
+
 def grey_cnn() -> nn.Module:
     """A small untrained conv net on one-channel 32x32 images (two classes)."""
     torch.manual_seed(6)

@@ -122,11 +122,17 @@ def test_cli_plan_prints_shards_passes_time_and_size(tmp_path, capsys):
 
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(small(str(tmp_path / "never-written"))))
+    assert main(["plan", str(path), "--samples", "1000"]) == 0
+    out = capsys.readouterr().out
+    for words in ("audit of 1000 samples", "250 shards", "objects as written", "calibrated in"):
+        assert words in out
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
     for words in ("2 shards", "14 units (tasks)", "images", "estimated time", "storage"):
         assert words in out
     assert not (tmp_path / "never-written").exists()
+    assert main(["plan", str(path), "--samples", "0"]) == 2
+    assert "--samples 0: give a number of samples of at least 1" in capsys.readouterr().err
 
 
 def test_a_missing_bucket_fails_before_any_work(bucket):

@@ -335,3 +335,29 @@ def test_a_later_method_reuses_the_stored_boundary(tmp_path):
     assert np.array_equal(before, after)
     a, b = (xr.open_zarr(str(tmp_path / s), group="maps", chunks=None)["big"].values for s in "ab")
     assert np.array_equal(a, b)
+
+
+# --- budgets at size ---------------------------------------------------------------------------
+
+
+def test_large_inputs_take_the_cheaper_defaults_and_a_spec_value_wins():
+    small = load_model("builtin:digit-scenes-cnn", progress=False)
+    large = load_model("python:support:cnn224")
+    assert get_method("relex").resolved(small).params["n_noise"] == 50
+    assert get_method("relex").resolved(large).params["n_noise"] == 8
+    assert get_method("relex", {"n_noise": 50}).resolved(large).params["n_noise"] == 50
+    cw = lambda m, **b: get_method("big", boundary=b).resolved(m).boundary  # noqa: E731
+    assert (cw(small).cw_binary_steps, cw(small).cw_steps) == (9, 100)
+    assert (cw(large).cw_binary_steps, cw(large).cw_steps) == (5, 50)
+    assert cw(large, cw_steps=100).cw_steps == 100
+    assert get_method("big").resolved(large).store_params()["boundary"]["cw_steps"] == 50
+
+
+def test_relex_at_a_large_input_sends_eight_copies_per_iteration_through_the_model():
+    model = load_model("python:support:cnn224")
+    x = torch.rand(2, 3, 224, 224)
+    rows = []
+    hook = model.register_forward_pre_hook(lambda _m, a: rows.append(len(a[0])))
+    get_method("relex", {"iterations": 3}).resolved(model)(model, x, torch.tensor([0, 1]))
+    hook.remove()
+    assert sum(rows) == 2 * 8 * 2 * 3  # images x copies x (kept, removed) x iterations

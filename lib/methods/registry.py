@@ -50,7 +50,9 @@ class MethodInfo:
     """A registered base method and its traits.
 
     `family`: gradient, relex or boundary. `decoys`: it can be decoy-enhanced. `boundary`: it
-    reads the boundary search. `path`: its differentiable path (the map as a weighted sum of
+    reads the boundary search. `resolve`: fills the parameters whose default depends on the
+    model (`(params, model) -> params`, e.g. a budget for large inputs). `path`: its
+    differentiable path (the map as a weighted sum of
     gradients, see `differentiable`), so it can be attacked; None if it has none. `references`:
     the methods its paired tests compare it with. `mask`: its map is a mask in [0, 1], used as
     it is where metrics need a mask. `needs_references`: it draws baselines from the data's
@@ -61,6 +63,7 @@ class MethodInfo:
     family: str = "gradient"
     decoys: bool = False
     boundary: bool = False
+    resolve: Callable[[dict, PixelModel], dict] | None = field(default=None, repr=False)
     path: Callable | None = field(default=None, repr=False)
     references: tuple[str, ...] = ()
     mask: bool = False
@@ -124,11 +127,14 @@ class Method:
     def resolved(self, model: PixelModel) -> Method:
         """Defaults that depend on the model (layers, mask packing) filled in and checked."""
         params = dict(self.params)
+        if self.info.resolve:
+            params = self.info.resolve(params, model)
         if "layer" in params:
             params["layer"] = params["layer"] or model.default_layer("cam")
             model.layer(params["layer"])
         decoys = self.decoys.resolved(model) if self.decoys else None
-        return replace(self, params=params, decoys=decoys)
+        boundary = self.boundary.resolved(model) if self.boundary else None
+        return replace(self, params=params, decoys=decoys, boundary=boundary)
 
     def store_params(self) -> dict:
         """What the store records with the map (JSON-serialisable)."""

@@ -1,23 +1,37 @@
-"""`salaudit plan`'s estimate: every stage of a spec timed on this machine on one sample and
-on a few, in scratch stores, so each stage has a cost per shard (one call's fixed part) and a
-cost per sample; scaled to the audit's shards and samples, spread over its workers, plus the
-flow's start and its cost per unit; bytes counted as the store writes them (metadata once,
-done-markers per shard, chunks per sample)."""
+"""`salaudit plan`'s estimate, calibrated on this machine in scratch stores and scaled to the
+audit's shards and samples, spread over its workers, plus the flow's start and its cost per
+unit; bytes and objects counted as the store writes them (metadata once, done-markers per
+shard, chunks per shard or, for decoy populations, per sample).
+
+Small inputs (at most SHRUNK_SIDE pixels a side, the default) are calibrated by running every
+stage on one sample and on a few, so each stage has a cost per shard (one call's fixed part)
+and per sample. Large ones (224x224) would take minutes a sample, so each stage's rows through
+the model are counted on one sample with the net's input shrunk to SHRUNK_SIDE pixels (the
+searches that stop early stop as the shrunk model lets them), and then each stage runs on the
+full-size net for PROBE_SECONDS: its shrunk seconds plus its rows times what a row cost more
+at full size is its cost per sample (no fixed part: at that size it is negligible)."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from ..inputs.models import PixelModel
 from ..store.schema import MARKERS
 from ..store.store import Store
-from .audit import prepare_audit, run_unit, unit_shards
+from .audit import AuditPlan, Unit, finish, prepare_audit, run_unit, unit_shards
+from .run import Run
 from .spec import AuditSpec, StoreSpec
 
-PROBE_SAMPLES = 4  # the larger calibration (the smaller is one sample)
+PROBE_SAMPLES = 4  # the larger calibration of small inputs (the smaller is one sample)
+SHRUNK_SIDE = 32  # pixels: larger inputs are counted shrunk to this and timed for a while
+PROBE_SECONDS = 2.0  # how long each stage of a large input runs on the full-size net
 # The audit flow's own costs, measured on a 2-core machine by benchmarks/orchestration.py
 # (docs/benchmarks.md, 2026-12-02): its fixed start (the Dask cluster, workers importing torch
 # and loading the model, teardown), 15.8 s, and its cost per submitted unit, about 0.09 s.
@@ -36,6 +50,8 @@ class Probe:
     chunks: int  # bytes of array chunks
     metadata: int  # bytes of zarr.json files
     markers: int  # bytes of done-markers
+    objects: tuple[int, int, int] = (0, 0, 0)  # (metadata, per shard, per sample) objects
+    shrunk: bool = False  # rows counted on a shrunk input, seconds from a timed while
 
 
 @dataclass
@@ -52,6 +68,10 @@ class Estimate:
     bytes_fixed: int  # metadata, written once
     bytes_per_shard: float  # done-markers and a shard's fixed part of its chunks
     bytes_per_sample: float  # chunks, as written (compressed)
+    objects_fixed: int = 0  # metadata files
+    objects_per_shard: int = 0  # chunks of per-shard arrays and done-markers
+    objects_per_sample: int = 0  # chunks of decoy populations (one sample each)
+    shrunk: bool = False  # calibrated by counting rows on a shrunk input (large inputs)
 
     @property
     def stage_seconds(self) -> dict[str, float]:
@@ -75,20 +95,33 @@ class Estimate:
             + (self.samples * self.bytes_per_sample)
         )
 
+    @property
+    def objects(self) -> int:
+        """Files (objects on S3) the audit writes."""
+        return (
+            self.objects_fixed
+            + self.shards * self.objects_per_shard
+            + self.samples * self.objects_per_sample
+        )
+
 
 def estimate(
     spec: AuditSpec, samples: int, workers: int = 1, threads: int | None = None
 ) -> Estimate:
-    """Calibrate `spec` on one sample and on PROBE_SAMPLES (at most a shard), with `threads`
-    torch threads as a worker has them, after a warm-up probe, and scale to `samples` on
-    `workers` (units sized as the flow sizes them)."""
+    """Calibrate `spec` with `threads` torch threads as a worker has them (small inputs: on one
+    sample and on PROBE_SAMPLES, at most a shard, after a warm-up; large ones: rows counted
+    shrunk, stages timed a while) and scale to `samples` on `workers` (units sized as the
+    flow sizes them)."""
     shard = spec.shard_size
     saved = torch.get_num_threads()
     torch.set_num_threads(threads or saved)  # as one worker runs
     try:
-        _probe(spec, 1)  # warm-up: first calls (allocations, lazy initialisation) not counted
-        small = _probe(spec, 1)
-        large = _probe(spec, min(PROBE_SAMPLES, shard, samples)) if samples > 1 else small
+        small = _probe(spec, 1, sized=True)
+        if not small.shrunk:  # the first probe was the warm-up
+            small = _probe(spec, 1)
+        large = small
+        if samples > 1 and not small.shrunk:
+            large = _probe(spec, min(PROBE_SAMPLES, shard, samples))
     finally:
         torch.set_num_threads(saved)
     extra = max(1, large.samples - small.samples)
@@ -111,32 +144,166 @@ def estimate(
         bytes_fixed=small.metadata,
         bytes_per_shard=small.markers + max(0.0, small.chunks - chunk),
         bytes_per_sample=max(0.0, chunk),
+        objects_fixed=small.objects[0],
+        objects_per_shard=small.objects[1],
+        objects_per_sample=small.objects[2],
+        shrunk=small.shrunk,
     )
 
 
-def _probe(spec: AuditSpec, samples: int) -> Probe:
-    """Every unit of `spec` on `samples` samples (one shard) in a scratch store, timed."""
+def _probe(spec: AuditSpec, samples: int, sized: bool = False) -> Probe:
+    """Every unit of `spec` on `samples` samples (one shard) in a scratch store, timed; with
+    `sized`, a model whose input is larger than SHRUNK_SIDE is counted shrunk and timed for a
+    while (`_counted_and_timed`)."""
     with tempfile.TemporaryDirectory(prefix="salaudit-plan-") as scratch:
         probe = spec.model_copy(
             update={"limit": samples, "store": StoreSpec(url=f"{scratch}/store")}
         )
         run, plan = prepare_audit(probe, progress=False)
-        rows: dict[str, int] = {}
-        seconds: dict[str, float] = {}
-        counter = {"rows": 0}
-        hook = run.model.register_forward_pre_hook(
-            lambda _m, args: counter.__setitem__("rows", counter["rows"] + len(args[0]))
-        )
-        try:
+        if sized and _shrunk_size(run.model):
+            seconds, rows = _counted_and_timed(run, plan)
+        else:
+            seconds, rows = {}, {}
             for unit in plan.units():
-                stage = unit.stage.value
-                counter["rows"], stamp = 0, time.perf_counter()
+                with _counting(run.model) as count:
+                    stamp = time.perf_counter()
+                    run_unit(run, plan, unit)
+                    _add(seconds, unit, time.perf_counter() - stamp)
+                _add(rows, unit, count["rows"])
+        shrunk = sized and bool(_shrunk_size(run.model))
+        finish(run, plan)  # the statistics: written once
+        objects = _objects(run.store)
+        sizes = _sizes(run.store)
+        return Probe(samples, len(plan.units()), seconds, rows, *sizes, objects, shrunk)
+
+
+def _add(totals: dict, unit: Unit, value: float) -> None:
+    totals[unit.stage.value] = totals.get(unit.stage.value, 0) + value
+
+
+@contextmanager
+def _counting(model: PixelModel, stop_after: float | None = None):
+    """Count the rows through `model` inside, with the seconds at each call (`timeline`: rows
+    before the call, seconds since the start); with `stop_after` seconds, raise _Enough at the
+    first call after that (the rows counted are those of the calls that had finished)."""
+    count = {"rows": 0, "start": time.perf_counter(), "timeline": []}
+
+    def hook(_module, args):
+        elapsed = time.perf_counter() - count["start"]
+        if stop_after is not None and elapsed > stop_after:
+            raise _Enough
+        count["timeline"].append((count["rows"], elapsed))
+        count["rows"] += len(args[0])
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+class _Enough(Exception):
+    """A timed stage has run long enough."""
+
+
+def _shrunk_size(model: PixelModel) -> tuple[int, int] | None:
+    """The (height, width) a large input is shrunk to (the shorter side SHRUNK_SIDE), or None
+    for an input no larger, or for a net that takes only its own size (a ViT)."""
+    _, h, w = model.input_shape
+    if min(h, w) <= SHRUNK_SIDE:
+        return None
+    size = (round(h * SHRUNK_SIDE / min(h, w)), round(w * SHRUNK_SIDE / min(h, w)))
+    x = torch.rand(1, *model.input_shape[:1], *size, device=model.mean.device)
+    try:
+        with torch.no_grad():
+            model.net(x)
+    except Exception:  # noqa: BLE001 - any refusal of the size means "count at full size"
+        return None
+    return size
+
+
+@contextmanager
+def _shrunk(model: PixelModel, size: tuple[int, int]):
+    """The net's input resized to `size` inside (bilinear, differentiable)."""
+    handle = model.net.register_forward_pre_hook(
+        lambda _m, args: (F.interpolate(args[0], size=size, mode="bilinear"), *args[1:])
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _counted_and_timed(run: Run, plan: AuditPlan) -> tuple[dict, dict]:
+    """Per stage: seconds per sample and rows per sample. Every unit runs on the shrunk net,
+    its rows counted and timed, then again on the full-size net, stopped after PROBE_SECONDS
+    (`_scaled`); a unit that finishes in the while gives its seconds. The extra cost per row
+    is that of the unit's first rows: where those are costlier than the rest (an attack's
+    second-order steps before the maps of the attacked images) the estimate is high."""
+    counted: dict[Unit, dict] = {}
+    written: dict[Unit, set] = {}
+    with _shrunk(run.model, _shrunk_size(run.model)):
+        for unit in plan.units():
+            before = run.store.done_markers()
+            with _counting(run.model) as count:
                 run_unit(run, plan, unit)
-                seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - stamp
-                rows[stage] = rows.get(stage, 0) + counter["rows"]
-        finally:
-            hook.remove()
-        return Probe(samples, len(plan.units()), seconds, rows, *_sizes(run.store))
+                count["seconds"] = time.perf_counter() - count["start"]
+            counted[unit], written[unit] = count, run.store.done_markers() - before
+    with torch.enable_grad():  # warm-up: the full-size net's first call not counted
+        x = torch.rand(2, *run.model.input_shape, device=run.model.mean.device)
+        torch.autograd.grad(run.model(x.requires_grad_(True)).sum(), x)
+    seconds: dict[str, float] = {}
+    rows: dict[str, float] = {}
+    for unit, small in counted.items():
+        for marker in written[unit]:
+            run.store.remove_marker(*marker)
+        with _counting(run.model, stop_after=PROBE_SECONDS) as count:
+            try:
+                run_unit(run, plan, unit)
+                spent = time.perf_counter() - count["start"]
+            except _Enough:
+                spent = _scaled(small, count["rows"], time.perf_counter() - count["start"])
+        _add(seconds, unit, spent)
+        _add(rows, unit, small["rows"])
+    return seconds, rows
+
+
+def _scaled(small: dict, done: int, elapsed: float) -> float:
+    """A unit's seconds at full size: its shrunk run's plus, for each of its rows, what a row
+    cost more at full size over its first `done` rows (`elapsed` there against the shrunk
+    run's time to the same rows); the work beside the model is the same at both sizes."""
+    to_done = next((t for r, t in small["timeline"] if r >= done), small["seconds"])
+    extra = max(0.0, elapsed - to_done) / max(1, done)
+    return small["seconds"] + extra * small["rows"]
+
+
+def _objects(store: Store) -> tuple[int, int, int]:
+    """(fixed, per-shard, per-sample) objects of an audit's store, from the layout of a probe
+    store of one shard (chunks that hold only the fill value are never written, so this is
+    at most one object too many each): arrays along `sample` give a chunk per shard (times
+    their other chunks), decoy populations one per sample; metadata, coordinates, the layout's
+    markers, the statistics and the audit's record are written once."""
+    markers = [k for k in store.listing() if k.startswith(MARKERS + "/")]
+    layout = sum(1 for k in markers if k.startswith((f"{MARKERS}/layout/", f"{MARKERS}/stats/")))
+    fixed = layout + 1 + sum(1 for k in store.listing() if k.endswith("zarr.json"))
+    per_shard, per_sample = len(markers) - layout, 0
+    for name, arr in _all_arrays(store.root(mode="r")):
+        dims = arr.metadata.dimension_names or ()
+        chunks = [-(-n // c) for n, c in zip(arr.shape, arr.chunks, strict=True)]
+        if not dims or dims[0] != "sample" or name.rpartition("/")[2] == "sample":
+            fixed += math.prod(chunks)  # a coordinate or the statistics
+        elif len(dims) > 2 and dims[1] == "decoy":
+            per_sample += math.prod(chunks[1:])
+        else:
+            per_shard += math.prod(chunks[1:])
+    return fixed, per_shard, per_sample
+
+
+def _all_arrays(group):
+    """Every (path, array) under a zarr group."""
+    for name, member in group.members(max_depth=None):
+        if hasattr(member, "chunks"):
+            yield name, member
 
 
 def _sizes(store: Store) -> tuple[int, int, int]:
