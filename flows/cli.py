@@ -501,7 +501,6 @@ def _plan(args: argparse.Namespace) -> None:
         FLOW_START_SECONDS,
         FLOW_UNIT_SECONDS,
         PROBE_SAMPLES,
-        PROBE_SECONDS,
         SHRUNK_SIDE,
         estimate,
     )
@@ -515,8 +514,8 @@ def _plan(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     est = estimate(spec, n, workers or 1, threads)
     how = (
-        f"rows counted on one sample shrunk to {SHRUNK_SIDE} px, each stage timed "
-        f"{PROBE_SECONDS:g} s at full size"
+        f"one sample, the net's input shrunk to {SHRUNK_SIDE} px but for a few calls of each "
+        "stage at full size"
         if est.shrunk
         else f"every stage run on 1 sample, then {PROBE_SAMPLES}"
     )

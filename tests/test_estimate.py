@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from salaudit.pipeline.audit import audit_direct
-from salaudit.pipeline.estimate import _probe, estimate
+from salaudit.pipeline.estimate import _full_seconds, _full_size_call, _probe, estimate
 from salaudit.pipeline.spec import parse_spec
 from salaudit.store.store import Store
 
@@ -86,3 +86,12 @@ def test_a_net_that_takes_only_its_own_size_is_counted_at_full_size(tmp_path):
     )
     probe = _probe(spec, 1, sized=True)
     assert not probe.shrunk and probe.rows["maps"] == 1
+
+
+def test_full_size_seconds_add_each_shrunk_rows_extra_cost_at_full_size():
+    assert [i for i in range(70) if _full_size_call(i)] == [0, 1, 4, 16, 64]
+    # a unit of 10 s wall time, 3 s of it side passes; a row costs 0.5 s more at full size
+    # from call 0, then 0.25 s from call 2 on: 10 - 3 + 2 x 0.5 + 4 x 0.5 + 4 x 0.25
+    calls = [(2, 0.5, 2.0), (4, None, 0.0), (4, 0.25, 1.0)]
+    assert _full_seconds(calls, wall=10.0) == pytest.approx(11.0)
+    assert _full_seconds([], wall=1.0) == 1.0

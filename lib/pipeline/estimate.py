@@ -5,11 +5,12 @@ shard, chunks per shard or, for decoy populations, per sample).
 
 Small inputs (at most SHRUNK_SIDE pixels a side, the default) are calibrated by running every
 stage on one sample and on a few, so each stage has a cost per shard (one call's fixed part)
-and per sample. Large ones (224x224) would take minutes a sample, so each stage's rows through
-the model are counted on one sample with the net's input shrunk to SHRUNK_SIDE pixels (the
-searches that stop early stop as the shrunk model lets them), and then each stage runs on the
-full-size net for PROBE_SECONDS: its shrunk seconds plus its rows times what a row cost more
-at full size is its cost per sample (no fixed part: at that size it is negligible)."""
+and per sample. Large ones (224x224) would take minutes a sample at full size, so every stage
+runs on one sample with the net's input shrunk to SHRUNK_SIDE pixels (the searches that stop
+early stop as the shrunk model lets them) except for a few calls, spread over the stage, at
+full size: the stage's rows are counted, and its seconds at full size are its own plus what
+each row costs more at full size, as the nearest full-size call measured (no fixed part: at
+that size it is negligible)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ from .run import Run
 from .spec import AuditSpec, StoreSpec
 
 PROBE_SAMPLES = 4  # the larger calibration of small inputs (the smaller is one sample)
-SHRUNK_SIDE = 32  # pixels: larger inputs are counted shrunk to this and timed for a while
-PROBE_SECONDS = 2.0  # how long each stage of a large input runs on the full-size net
+SHRUNK_SIDE = 32  # pixels: larger inputs are calibrated shrunk to this but for a few calls
 # The audit flow's own costs, measured on a 2-core machine by benchmarks/orchestration.py
 # (docs/benchmarks.md, 2026-12-02): its fixed start (the Dask cluster, workers importing torch
 # and loading the model, teardown), 15.8 s, and its cost per submitted unit, about 0.09 s.
@@ -51,7 +51,7 @@ class Probe:
     metadata: int  # bytes of zarr.json files
     markers: int  # bytes of done-markers
     objects: tuple[int, int, int] = (0, 0, 0)  # (metadata, per shard, per sample) objects
-    shrunk: bool = False  # rows counted on a shrunk input, seconds from a timed while
+    shrunk: bool = False  # calibrated on a shrunk input, a few calls at full size
 
 
 @dataclass
@@ -110,7 +110,7 @@ def estimate(
 ) -> Estimate:
     """Calibrate `spec` with `threads` torch threads as a worker has them (small inputs: on one
     sample and on PROBE_SAMPLES, at most a shard, after a warm-up; large ones: rows counted
-    shrunk, stages timed a while) and scale to `samples` on `workers` (units sized as the
+    shrunk but for a few calls at full size) and scale to `samples` on `workers` (units sized as the
     flow sizes them)."""
     shard = spec.shard_size
     saved = torch.get_num_threads()
@@ -153,8 +153,8 @@ def estimate(
 
 def _probe(spec: AuditSpec, samples: int, sized: bool = False) -> Probe:
     """Every unit of `spec` on `samples` samples (one shard) in a scratch store, timed; with
-    `sized`, a model whose input is larger than SHRUNK_SIDE is counted shrunk and timed for a
-    while (`_counted_and_timed`)."""
+    `sized`, a model whose input is larger than SHRUNK_SIDE runs shrunk but for a few calls
+    (`_counted_and_timed`)."""
     with tempfile.TemporaryDirectory(prefix="salaudit-plan-") as scratch:
         probe = spec.model_copy(
             update={"limit": samples, "store": StoreSpec(url=f"{scratch}/store")}
@@ -182,17 +182,11 @@ def _add(totals: dict, unit: Unit, value: float) -> None:
 
 
 @contextmanager
-def _counting(model: PixelModel, stop_after: float | None = None):
-    """Count the rows through `model` inside, with the seconds at each call (`timeline`: rows
-    before the call, seconds since the start); with `stop_after` seconds, raise _Enough at the
-    first call after that (the rows counted are those of the calls that had finished)."""
-    count = {"rows": 0, "start": time.perf_counter(), "timeline": []}
+def _counting(model: PixelModel):
+    """Count the rows through `model` inside."""
+    count = {"rows": 0}
 
     def hook(_module, args):
-        elapsed = time.perf_counter() - count["start"]
-        if stop_after is not None and elapsed > stop_after:
-            raise _Enough
-        count["timeline"].append((count["rows"], elapsed))
         count["rows"] += len(args[0])
 
     handle = model.register_forward_pre_hook(hook)
@@ -200,10 +194,6 @@ def _counting(model: PixelModel, stop_after: float | None = None):
         yield count
     finally:
         handle.remove()
-
-
-class _Enough(Exception):
-    """A timed stage has run long enough."""
 
 
 def _shrunk_size(model: PixelModel) -> tuple[int, int] | None:
@@ -222,59 +212,88 @@ def _shrunk_size(model: PixelModel) -> tuple[int, int] | None:
     return size
 
 
+def _full_size_call(index: int) -> bool:
+    """Whether a large input's calibration runs call `index` of a unit at full size: the
+    first and every power of 4 (1, 4, 16, ...), so a few calls sample every part of a unit."""
+    return index == 0 or (index & (index - 1) == 0 and index.bit_length() % 2 == 1)
+
+
 @contextmanager
-def _shrunk(model: PixelModel, size: tuple[int, int]):
-    """The net's input resized to `size` inside (bilinear, differentiable)."""
-    handle = model.net.register_forward_pre_hook(
-        lambda _m, args: (F.interpolate(args[0], size=size, mode="bilinear"), *args[1:])
-    )
+def _sampled(model: PixelModel, size: tuple[int, int]):
+    """Inside, the net's input is resized to `size` (bilinear, differentiable); before the
+    calls `_full_size_call` picks, their rows also go through the model on their own, at full
+    size and shrunk, forward and (where the call has gradients on) backward, timed. Yields
+    the calls' (rows, seconds a row costs more at full size or None, seconds of the side
+    passes)."""
+    calls: list[tuple[int, float | None, float]] = []
+    side: dict = {"on": False, "size": None}
+
+    def timed(x: torch.Tensor, to: tuple[int, int] | None) -> float:
+        side["size"], start = to, time.perf_counter()
+        grads = torch.is_grad_enabled()
+        x = x.detach().requires_grad_(grads)
+        try:
+            out = model(x)
+            if grads:
+                torch.autograd.grad(out.sum(), x)
+        except Exception:  # noqa: BLE001, S110 - a pass cut short at a layer (DANCE's) ran
+            pass
+        return time.perf_counter() - start
+
+    def count(_module, args):
+        if side["on"]:
+            return
+        x, extra, spent = args[0], None, 0.0
+        if _full_size_call(len(calls)):
+            side["on"] = True
+            try:
+                full, small = timed(x, None), timed(x, size)
+                extra, spent = max(0.0, full - small) / len(x), full + small
+            finally:
+                side["on"] = False
+        calls.append((len(x), extra, spent))
+
+    def shrink(_module, args):
+        to = side["size"] if side["on"] else size
+        return None if to is None else (F.interpolate(args[0], size=to, mode="bilinear"), *args[1:])
+
+    handles = [model.register_forward_pre_hook(count), model.net.register_forward_pre_hook(shrink)]
     try:
-        yield
+        yield calls
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _counted_and_timed(run: Run, plan: AuditPlan) -> tuple[dict, dict]:
-    """Per stage: seconds per sample and rows per sample. Every unit runs on the shrunk net,
-    its rows counted and timed, then again on the full-size net, stopped after PROBE_SECONDS
-    (`_scaled`); a unit that finishes in the while gives its seconds. The extra cost per row
-    is that of the unit's first rows: where those are costlier than the rest (an attack's
-    second-order steps before the maps of the attacked images) the estimate is high."""
-    counted: dict[Unit, dict] = {}
-    written: dict[Unit, set] = {}
-    with _shrunk(run.model, _shrunk_size(run.model)):
-        for unit in plan.units():
-            before = run.store.done_markers()
-            with _counting(run.model) as count:
-                run_unit(run, plan, unit)
-                count["seconds"] = time.perf_counter() - count["start"]
-            counted[unit], written[unit] = count, run.store.done_markers() - before
+    """Per stage: seconds and rows per sample. Every unit runs once on one sample with the net's
+    input shrunk, a few of its calls also timed at full size and shrunk (`_sampled`); its
+    seconds at full size are `_full_seconds`."""
     with torch.enable_grad():  # warm-up: the full-size net's first call not counted
         x = torch.rand(2, *run.model.input_shape, device=run.model.mean.device)
         torch.autograd.grad(run.model(x.requires_grad_(True)).sum(), x)
     seconds: dict[str, float] = {}
     rows: dict[str, float] = {}
-    for unit, small in counted.items():
-        for marker in written[unit]:
-            run.store.remove_marker(*marker)
-        with _counting(run.model, stop_after=PROBE_SECONDS) as count:
-            try:
-                run_unit(run, plan, unit)
-                spent = time.perf_counter() - count["start"]
-            except _Enough:
-                spent = _scaled(small, count["rows"], time.perf_counter() - count["start"])
-        _add(seconds, unit, spent)
-        _add(rows, unit, small["rows"])
+    for unit in plan.units():
+        with _sampled(run.model, _shrunk_size(run.model)) as calls:
+            start = time.perf_counter()
+            run_unit(run, plan, unit)
+            wall = time.perf_counter() - start
+        _add(seconds, unit, _full_seconds(calls, wall))
+        _add(rows, unit, sum(n for n, _, _ in calls))
     return seconds, rows
 
 
-def _scaled(small: dict, done: int, elapsed: float) -> float:
-    """A unit's seconds at full size: its shrunk run's plus, for each of its rows, what a row
-    cost more at full size over its first `done` rows (`elapsed` there against the shrunk
-    run's time to the same rows); the work beside the model is the same at both sizes."""
-    to_done = next((t for r, t in small["timeline"] if r >= done), small["seconds"])
-    extra = max(0.0, elapsed - to_done) / max(1, done)
-    return small["seconds"] + extra * small["rows"]
+def _full_seconds(calls: list[tuple[int, float | None, float]], wall: float) -> float:
+    """A unit's seconds at full size from its calls (rows, extra seconds a row at full size
+    where measured, seconds of the side passes) and its `wall` time: the wall time less the
+    side passes, plus each call's rows times the extra cost measured at the nearest sampled
+    call before it."""
+    total, extra = wall, 0.0
+    for n, measured, spent in calls:
+        extra = extra if measured is None else measured
+        total += n * extra - spent
+    return total
 
 
 def _objects(store: Store) -> tuple[int, int, int]:
