@@ -28,13 +28,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support import closest_linear_boundary  # noqa: E402
 
 
-def relex_sweep(n: int) -> None:
+def _default_images(n: int):
+    """The default model, the first n of 64 random default images and its predictions."""
     model = load_model("builtin:digit-scenes-cnn", progress=False)
     data = load_dataset("builtin:digit-scenes")
     idx = select_samples(data, Selection("random", 64, seed=0))[:n]
     x = data.load(idx).image
     with torch.no_grad():
         t = model(x).argmax(1)
+    return model, idx, x, t
+
+
+def relex_sweep(n: int) -> None:
+    model, idx, x, t = _default_images(n)
     ctx = Context([f"0/{i}/relex" for i in idx])
     b = model.baseline_colour
     print("| setting | class kept | mean p_c | mean L1 of m |\n|---|---|---|---|")
@@ -84,16 +90,6 @@ def default_boundary() -> None:
             f"default model, 64 images, polish {steps}: found {found.success.float().mean():.0%}; "
             f"mean distance: {each}; ensemble {found.distance.nanmean():.3f}"
         )
-
-
-def _default_images(n: int):
-    model = load_model("builtin:digit-scenes-cnn", progress=False)
-    data = load_dataset("builtin:digit-scenes")
-    idx = select_samples(data, Selection("random", 64, seed=0))[:n]
-    x = data.load(idx).image
-    with torch.no_grad():
-        t = model(x).argmax(1)
-    return model, idx, x, t
 
 
 def _rows(model) -> tuple[dict, object]:

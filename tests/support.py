@@ -145,17 +145,24 @@ def untrained_cnn() -> nn.Module:
     return net
 
 
-def cnn224() -> nn.Module:
-    """A small untrained conv net on 3x224x224 images (two classes), for audits at size."""
-    torch.manual_seed(5)
+def _small224(seed: int, pool: nn.Module, pooled: int, classes: int) -> nn.Module:
+    """A small untrained conv net on 3x224x224 images: a strided conv, `pool` to `pooled`
+    pixels a side, a linear head."""
+    torch.manual_seed(seed)
     net = nn.Sequential(
         nn.Conv2d(3, 4, 5, stride=4, padding=2),
         nn.SiLU(),
-        nn.AvgPool2d(4),
+        pool,
         nn.Flatten(),
-        nn.Linear(4 * 14 * 14, 2),
+        nn.Linear(4 * pooled * pooled, classes),
     )
     net.input_shape = (3, 224, 224)
+    return net
+
+
+def cnn224() -> nn.Module:
+    """A small untrained conv net on 3x224x224 images (two classes), for audits at size."""
+    net = _small224(5, nn.AvgPool2d(4), 14, 2)
     net.classes = ["cat", "dog"]
     return net
 
@@ -163,16 +170,7 @@ def cnn224() -> nn.Module:
 def pooled224() -> nn.Module:
     """A small untrained conv net on 3x224x224 images (three classes) that takes any size (its
     head pools adaptively), as torchvision's CNNs do."""
-    torch.manual_seed(7)
-    net = nn.Sequential(
-        nn.Conv2d(3, 4, 5, stride=4, padding=2),
-        nn.SiLU(),
-        nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 3),
-    )
-    net.input_shape = (3, 224, 224)
-    return net
+    return _small224(7, nn.AdaptiveAvgPool2d(4), 4, 3)
 
 
 def grey_cnn() -> nn.Module:
