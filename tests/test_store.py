@@ -179,3 +179,62 @@ def test_context_keys_follow_the_dataset_index(tmp_path, model):
     alone = get_method("smoothgrad")(model, x, t, Context([f"0/{idx}/smoothgrad"]))
     stored = xr.open_zarr(tmp_path / "a", group="maps", chunks=None)["smoothgrad"].values[1]
     assert np.allclose(stored, alone[0].numpy(), atol=1e-5 * np.abs(stored).max())
+
+
+def test_a_float16_store_holds_maps_and_populations_in_half_the_bytes(tmp_path):
+    from salaudit.pipeline.audit import audit_direct
+    from salaudit.pipeline.spec import parse_spec
+
+    def audit(name: str, dtype: str):
+        spec = {
+            "selection": {"mode": "first", "n": 4},
+            "methods": {"grad": {}, "dance-grad": {}},
+            "decoys": {"dance": {"decoys": 4}},
+            "attacks": ["topk@grad"],
+            "attack_params": {"topk": {"steps": 2}},
+            "metrics": ["fidelity"],
+            "shard_size": 4,
+            "cluster": "local",
+            "keep_decoys": True,
+            "store": {"url": str(tmp_path / name), "dtype": dtype},
+        }
+        audit_direct(parse_spec(spec), progress=False)
+        return xr.open_datatree(tmp_path / name, engine="zarr"), Store(str(tmp_path / name))
+
+    wide, wide_store = audit("wide", "float32")
+    half, half_store = audit("half", "float16")
+    for group, var in [
+        ("maps", "grad"),
+        ("maps", "dance-grad"),
+        ("decoys/dance", "population"),
+        ("decoys/dance/saliency", "grad"),
+        ("attacks/topk@grad/maps", "grad"),
+    ]:
+        a, b = wide[group].ds[var].values, half[group].ds[var].values
+        assert a.dtype == np.float32 and b.dtype == np.float16, (group, var)
+        assert np.allclose(b, a.astype(np.float16), rtol=1e-3, atol=1e-7), (group, var)
+    assert half["inputs"].ds["image"].dtype == np.float32  # the data stays as it was
+    # metrics computed from the half maps agree with the float32 store's
+    fidelity = "fidelity"
+    np.testing.assert_allclose(
+        half["metrics"].ds[fidelity].values, wide["metrics"].ds[fidelity].values, rtol=1e-2
+    )
+    size = lambda store, prefix: sum(  # noqa: E731
+        v["size"] for k, v in store.listing().items() if k.startswith(prefix)
+    )
+    assert size(half_store, "decoys/") < 0.6 * size(wide_store, "decoys/")
+    # a float32 run into a float16 store is refused, naming the setting
+    spec = parse_spec(
+        {"store": {"url": str(tmp_path / "half")}, "selection": {"mode": "first", "n": 4}}
+    )
+    with pytest.raises(StoreConflict, match=r"store dtype \(store.dtype\).*float16"):
+        audit_direct(spec, progress=False)
+
+
+def test_bfloat16_and_unknown_store_dtypes_are_refused_naming_the_choices():
+    from salaudit.pipeline.spec import parse_spec
+
+    with pytest.raises(SalauditError, match="bfloat16: zarr stores no bfloat16.*float16"):
+        parse_spec({"store": {"url": "x", "dtype": "bfloat16"}})
+    with pytest.raises(SalauditError, match="'int8': give one of float32, float16"):
+        parse_spec({"store": {"url": "x", "dtype": "int8"}})

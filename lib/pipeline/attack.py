@@ -101,6 +101,7 @@ def layout_attacks(run: Run, jobs: list[AttackJob]) -> None:
             job.labels,
             maps,
             job.info.target_image,
+            run.spec.store.dtype,
         )
     store.consolidate()
 

@@ -47,6 +47,7 @@ def prepare(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> Run:
         "selection": selection.to_dict(),
         "seed": spec.seed,
         "precision": spec.precision,
+        "store_dtype": spec.store.dtype,
     }
     attrs = {
         "salaudit_version": __version__,
@@ -142,7 +143,7 @@ def _stored_spec(url: str, attrs: dict, params: dict, names: list[str], device: 
         "methods": {},
         "decoys": {},
         "boundary": {},
-        "store": {"url": url},
+        "store": {"url": url, "dtype": attrs.get("store_dtype", "float32")},
         "shard_size": attrs["shard_size"],
         "device": device,
         "precision": attrs.get("precision", "fp32"),
@@ -181,12 +182,20 @@ def _layout(run: Run) -> None:
         k = len(_members(run, cfg)[0]) + 1
         store.check_array(schema.decoys(cfg.generator, "population"), cfg.params(), (n, k, *shape))
     schema.layout_inputs(store, samples, shape, shard, run.dataset.has_boxes)
-    schema.layout_maps(store, samples, shape, shard, maps)
+    schema.layout_maps(store, samples, shape, shard, maps, run.spec.store.dtype)
     schema.layout_checks(store, samples, shard, list(maps))
     for cfg in populations:
         bases = list(dict.fromkeys(m.base for m in run.methods if m.decoys == cfg))
         schema.layout_decoys(
-            store, samples, shape, shard, cfg.generator, cfg.params(), _members(run, cfg), bases
+            store,
+            samples,
+            shape,
+            shard,
+            cfg.generator,
+            cfg.params(),
+            _members(run, cfg),
+            bases,
+            run.spec.store.dtype,
         )
     search = run.boundary_config()
     if search:

@@ -142,6 +142,7 @@ def attach(spec: AuditSpec, micro_batch: int | None = None, identity: dict | Non
             "model_fingerprint": model.fingerprint,
             "data_fingerprint": data,
             "precision": spec.precision,
+            "store_dtype": spec.store.dtype,
         }
     )
     samples = store.read(schema.inputs("sample"))

@@ -43,6 +43,7 @@ CREDENTIAL_KEYS = {
     "session_token",
 }
 CLUSTER_KINDS = ("auto", "local", "cuda")
+STORE_DTYPES = ("float32", "float16")  # of maps and decoy populations (store.dtype)
 DEFAULT_ALPHA = 0.05
 # The default audit's choices (the model's defaults below, and DEFAULT_SPEC's)
 DEFAULT_DECOYS = {"dance": {"decoys": 32}}
@@ -97,6 +98,7 @@ store:
   url: runs/audit                      # a local folder or s3://bucket/prefix
   storage_options: {}                  # e.g. {endpoint_url: http://minio:9000}; keys come
                                        # from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+  dtype: float32                       # float32 | float16: maps and decoy populations
 shard_size: 8                          # samples per task and per Zarr chunk
 cluster: auto                          # auto | local | cuda | tcp://SCHEDULER:8786
 workers: null                          # worker processes (null: one per GPU, or 2 on a CPU)
@@ -129,6 +131,19 @@ class StoreSpec(BaseModel):
 
     url: str = "runs/audit"
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    dtype: str = "float32"
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value == "bfloat16":
+            raise ValueError(
+                "bfloat16: zarr stores no bfloat16 (numpy has none); float16 halves the bytes "
+                "as well (docs/architecture.md, 'Store dtype')"
+            )
+        if value not in STORE_DTYPES:
+            raise ValueError(f"{value!r}: give one of {', '.join(STORE_DTYPES)}")
+        return value
 
     @field_validator("storage_options")
     @classmethod

@@ -168,13 +168,16 @@ def layout_inputs(store: Store, samples: np.ndarray, shape, shard: int, boxes: b
         )
 
 
-def layout_maps(store: Store, samples, shape, shard: int, maps: dict[str, dict]) -> None:
-    """`maps/<method>` for each method (its parameters as the array's attributes)."""
+def layout_maps(
+    store: Store, samples, shape, shard: int, maps: dict[str, dict], dtype: str = "float32"
+) -> None:
+    """`maps/<method>` for each method (its parameters as the array's attributes), in
+    `dtype` (`store.dtype`)."""
     n, (c, h, w) = len(samples), shape
     store.require_coordinate(MAPS, "sample", samples)
     for name, attrs in maps.items():
         store.require_array(
-            map_path(name), (n, c, h, w), IMAGE_DIMS, "float32", (shard, c, h, w), attrs
+            map_path(name), (n, c, h, w), IMAGE_DIMS, dtype, (shard, c, h, w), attrs
         )
 
 
@@ -237,9 +240,11 @@ def layout_decoys(
     attrs: dict,
     members: tuple[np.ndarray, np.ndarray],
     bases: list[str],
+    dtype: str = "float32",
 ) -> None:
     """`decoys/<generator>`: the population with the original as member 0, each member's mask
-    (-1 for the original) and sign, its diagnostics, and each base method's maps of it."""
+    (-1 for the original) and sign, its diagnostics, and each base method's maps of it; the
+    population and the maps in `dtype` (`store.dtype`)."""
     mask, sign = members
     n, k = len(samples), len(mask) + 1
     pop = (n, k, *shape)
@@ -250,27 +255,27 @@ def layout_decoys(
         store.require_coordinate(sub, "decoy", np.arange(k))
     store.require_coordinate(group, "mask", np.concatenate([[-1], mask]).astype(np.int64), "decoy")
     store.require_coordinate(group, "sign", np.concatenate([[0], sign]).astype(np.int8), "decoy")
-    chunks = population_chunks(pop)
+    chunks = population_chunks(pop, np.dtype(dtype).itemsize)
     store.require_array(
         decoys(generator, "population"),
         pop,
         pdims,
-        "float32",
+        dtype,
         chunks,
         {**attrs, "coordinates": "mask sign"},
     )
-    for name, dtype in DIAGNOSTICS.items():
+    for name, kind in DIAGNOSTICS.items():
         store.require_array(
             decoys(generator, name),
             (n, k),
             ("sample", "decoy"),
-            dtype,
+            kind,
             (shard, k),
-            fill_value=False if dtype == "bool" else None,
+            fill_value=False if kind == "bool" else None,
         )
     for base in bases:
         store.require_array(
-            decoy_saliency(generator, base), pop, pdims, "float32", chunks, {"base": base, **attrs}
+            decoy_saliency(generator, base), pop, pdims, dtype, chunks, {"base": base, **attrs}
         )
 
 
@@ -292,10 +297,12 @@ def layout_attack(
     labels: list | None,
     maps: dict[str, dict],
     target_sample: bool = False,
+    dtype: str = "float32",
 ) -> None:
     """`attacks/<name>`: the attacked images, success, norms and objectives (with the extra
     dimension `radius` where `labels` are given), the dataset index of each image aimed at
-    (`target_sample`), and every method's maps recomputed on the attacked images."""
+    (`target_sample`), and every method's maps recomputed on the attacked images (in `dtype`,
+    `store.dtype`)."""
     image, dims, extra = attack_shape(samples, shape, labels)
     n, chunks = len(samples), (shard, *image[1:])
     extra_dims = dims[1 : 1 + len(extra)]
@@ -305,21 +312,21 @@ def layout_attack(
             store.require_coordinate(group, "radius", np.asarray(labels, dtype="float64"))
     store.require_array(attack(name, "image"), image, dims, "float32", chunks, attrs)
     for field in ATTACK_FIELDS:
-        dtype = "bool" if field == "success" else "float32"
+        kind = "bool" if field == "success" else "float32"
         store.require_array(
             attack(name, field),
             (n, *extra),
             ("sample", *extra_dims),
-            dtype,
+            kind,
             (shard, *extra),
-            fill_value=False if dtype == "bool" else None,
+            fill_value=False if kind == "bool" else None,
         )
     if target_sample:
         store.require_array(
             attack(name, "target_sample"), (n,), ("sample",), "int64", (shard,), fill_value=-1
         )
     for method, method_attrs in maps.items():
-        store.require_array(attack_map(name, method), image, dims, "float32", chunks, method_attrs)
+        store.require_array(attack_map(name, method), image, dims, dtype, chunks, method_attrs)
 
 
 def layout_metric(

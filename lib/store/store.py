@@ -28,10 +28,19 @@ from ..inputs.uris import filesystem, is_remote, storage_options_for
 from . import integrity, schema
 from .schema import AUDITS, MARKERS
 
-IDENTITY_KEYS = ("model_fingerprint", "data_fingerprint", "selection", "seed", "precision")
-IDENTITY_DEFAULTS = {"precision": "fp32"}  # what a store written before the key meant
+IDENTITY_KEYS = (
+    "model_fingerprint",
+    "data_fingerprint",
+    "selection",
+    "seed",
+    "precision",
+    "store_dtype",
+)
+# what a store written before the key meant
+IDENTITY_DEFAULTS = {"precision": "fp32", "store_dtype": "float32"}
 _KEY_NAMES = {
     "precision": "precision",
+    "store_dtype": "store dtype (store.dtype)",
     "model_fingerprint": "model (weights)",
     "data_fingerprint": "data (content)",
     "selection": "sample selection",
@@ -307,7 +316,10 @@ class Store:
         note["chunks"] |= set(integrity.chunk_keys(arr, rows, index))
 
     def read(self, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.node(path)[start:stop]
+        """Samples [start, stop) of the array at `path`; float16 (`store.dtype`) read as
+        float32, what every computation takes."""
+        values = self.node(path)[start:stop]
+        return values.astype(np.float32) if values.dtype == np.float16 else values
 
     def _marker(self, stage: str, start: int, stop: int) -> str:
         return f"{self.path}/{MARKERS}/{stage}/{start:09d}-{stop:09d}.json"
