@@ -346,6 +346,8 @@ def test_large_inputs_take_the_cheaper_defaults_and_a_spec_value_wins():
     assert get_method("relex").resolved(small).params["n_noise"] == 50
     assert get_method("relex").resolved(large).params["n_noise"] == 8
     assert get_method("relex", {"n_noise": 50}).resolved(large).params["n_noise"] == 50
+    with pytest.raises(SalauditError, match="n_noise='x' of relex is not a whole number or none"):
+        get_method("relex", {"n_noise": "x"})
     cw = lambda m, **b: get_method("big", boundary=b).resolved(m).boundary  # noqa: E731
     assert (cw(small).cw_binary_steps, cw(small).cw_steps) == (9, 100)
     assert (cw(large).cw_binary_steps, cw(large).cw_steps) == (5, 50)

@@ -243,7 +243,7 @@ def get_method(
     info = registry().get(base)
     if info is None:
         raise SalauditError(_unknown(name))
-    full = check_params(info.defaults, params or {}, name)
+    full = check_params(info.defaults, params or {}, name, _hints(info.fn))
     config = None
     if generator:
         config = settings(DecoyConfig, {"generator": generator, **(decoys or {})}, name)
@@ -303,14 +303,24 @@ def _type_name(tp) -> str:
     return " or ".join(words)
 
 
+def _hints(fn: Callable) -> dict:
+    """`fn`'s parameter annotations, resolved ({} where they cannot be)."""
+    try:
+        return typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        return {}
+
+
 def signature_defaults(fn: Callable, hidden: set[str]) -> dict:
     """The keyword parameters of `fn` but `hidden`, with their defaults."""
     parameters = inspect.signature(fn).parameters
     return {k: p.default for k, p in parameters.items() if k not in hidden}
 
 
-def check_params(defaults: dict, params: dict, name: str) -> dict:
-    """`params` over `defaults`; a key without a default is an error naming the valid ones."""
+def check_params(defaults: dict, params: dict, name: str, hints: dict | None = None) -> dict:
+    """`params` over `defaults`; a key without a default is an error naming the valid ones, a
+    value of another type than its default's (or its annotation in `hints`, where the default
+    is None) an error naming the type."""
     unknown = set(params) - set(defaults)
     if unknown:
         raise SalauditError(
@@ -319,10 +329,10 @@ def check_params(defaults: dict, params: dict, name: str) -> dict:
         )
     for key, value in params.items():
         like = defaults[key]
-        if like is not None and not _fits(value, type(like)):
+        tp = type(like) if like is not None else (hints or {}).get(key)
+        if tp is not None and not _fits(value, tp):
             raise SalauditError(
-                f"parameter {key}={value!r} of {name} is not {_type_name(type(like))} "
-                f"(default {like!r})"
+                f"parameter {key}={value!r} of {name} is not {_type_name(tp)} (default {like!r})"
             )
     return {**defaults, **params}
 
