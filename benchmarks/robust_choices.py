@@ -182,8 +182,13 @@ def at_size(n: int) -> None:
         method(model, rows, t[: len(rows)], ctx)
         seconds = time.perf_counter() - start
         hook.remove()
+        knobs = (
+            f"CW {method.boundary.cw_binary_steps} x {method.boundary.cw_steps}"
+            if name == "big"
+            else f"{method.params['n_noise']} copies x {method.params['iterations']} iterations"
+        )
         print(
-            f"| {name} ({method.store_params()}) | {count['rows'] // len(rows):,} | "
+            f"| {name} ({knobs}) | {count['rows'] // len(rows):,} | "
             f"{seconds / len(rows):.1f} | {success} |"
         )
 

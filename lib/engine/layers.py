@@ -9,7 +9,7 @@ import torch
 from ..inputs.models import PixelModel
 
 
-class _Reached(Exception):
+class LayerReached(Exception):
     """Raised by a forward hook to stop the forward pass once the layer has run."""
 
 
@@ -22,7 +22,7 @@ def captured(model: PixelModel, layer: str, stop: bool = False):
     def hook(_module, _inputs, output):
         store["output"] = output.float()  # fp32 under autocast too (a differentiable cast)
         if stop:
-            raise _Reached
+            raise LayerReached
 
     handle = model.layer(layer).register_forward_hook(hook)
     try:
@@ -33,7 +33,7 @@ def captured(model: PixelModel, layer: str, stop: bool = False):
 
 def forward_to(model: PixelModel, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The representation F_l(x) at `layer`, computing only the layers before it."""
-    with captured(model, layer, stop=True) as store, suppress(_Reached):
+    with captured(model, layer, stop=True) as store, suppress(LayerReached):
         model(x)
     if "output" not in store:
         raise RuntimeError(f"layer {layer} did not run in the forward pass")

@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..engine.layers import LayerReached
 from ..inputs.models import PixelModel
 from ..store.schema import MARKERS
 from ..store.store import Store
@@ -160,40 +161,25 @@ def _probe(spec: AuditSpec, samples: int, sized: bool = False) -> Probe:
             update={"limit": samples, "store": StoreSpec(url=f"{scratch}/store")}
         )
         run, plan = prepare_audit(probe, progress=False)
-        if sized and _shrunk_size(run.model):
-            seconds, rows = _counted_and_timed(run, plan)
+        size = _shrunk_size(run.model) if sized else None
+        if size:
+            seconds, rows = _counted_and_timed(run, plan, size)
         else:
             seconds, rows = {}, {}
             for unit in plan.units():
-                with _counting(run.model) as count:
-                    stamp = time.perf_counter()
-                    run_unit(run, plan, unit)
-                    _add(seconds, unit, time.perf_counter() - stamp)
-                _add(rows, unit, count["rows"])
-        shrunk = sized and bool(_shrunk_size(run.model))
+                done = run_unit(run, plan, unit)  # its rows through the model and seconds
+                _add(seconds, unit, done["seconds"])
+                _add(rows, unit, done["rows"])
         finish(run, plan)  # the statistics: written once
-        objects = _objects(run.store)
-        sizes = _sizes(run.store)
-        return Probe(samples, len(plan.units()), seconds, rows, *sizes, objects, shrunk)
+        listing = run.store.listing()
+        objects = _objects(run.store, listing)
+        return Probe(
+            samples, len(plan.units()), seconds, rows, *_sizes(listing), objects, bool(size)
+        )
 
 
 def _add(totals: dict, unit: Unit, value: float) -> None:
     totals[unit.stage.value] = totals.get(unit.stage.value, 0) + value
-
-
-@contextmanager
-def _counting(model: PixelModel):
-    """Count the rows through `model` inside."""
-    count = {"rows": 0}
-
-    def hook(_module, args):
-        count["rows"] += len(args[0])
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        yield count
-    finally:
-        handle.remove()
 
 
 def _shrunk_size(model: PixelModel) -> tuple[int, int] | None:
@@ -232,12 +218,10 @@ def _sampled(model: PixelModel, size: tuple[int, int]):
         side["size"], start = to, time.perf_counter()
         grads = torch.is_grad_enabled()
         x = x.detach().requires_grad_(grads)
-        try:
+        with suppress(LayerReached):  # a pass that stops at a layer (DANCE's) runs that far
             out = model(x)
             if grads:
                 torch.autograd.grad(out.sum(), x)
-        except Exception:  # noqa: BLE001, S110 - a pass cut short at a layer (DANCE's) ran
-            pass
         return time.perf_counter() - start
 
     def count(_module, args):
@@ -265,17 +249,17 @@ def _sampled(model: PixelModel, size: tuple[int, int]):
             handle.remove()
 
 
-def _counted_and_timed(run: Run, plan: AuditPlan) -> tuple[dict, dict]:
+def _counted_and_timed(run: Run, plan: AuditPlan, size: tuple[int, int]) -> tuple[dict, dict]:
     """Per stage: seconds and rows per sample. Every unit runs once on one sample with the net's
-    input shrunk, a few of its calls also timed at full size and shrunk (`_sampled`); its
-    seconds at full size are `_full_seconds`."""
+    input shrunk to `size`, a few of its calls also timed at full size and shrunk (`_sampled`);
+    its seconds at full size are `_full_seconds`."""
     with torch.enable_grad():  # warm-up: the full-size net's first call not counted
         x = torch.rand(2, *run.model.input_shape, device=run.model.mean.device)
         torch.autograd.grad(run.model(x.requires_grad_(True)).sum(), x)
     seconds: dict[str, float] = {}
     rows: dict[str, float] = {}
     for unit in plan.units():
-        with _sampled(run.model, _shrunk_size(run.model)) as calls:
+        with _sampled(run.model, size) as calls:
             start = time.perf_counter()
             run_unit(run, plan, unit)
             wall = time.perf_counter() - start
@@ -296,15 +280,15 @@ def _full_seconds(calls: list[tuple[int, float | None, float]], wall: float) -> 
     return total
 
 
-def _objects(store: Store) -> tuple[int, int, int]:
+def _objects(store: Store, listing: dict) -> tuple[int, int, int]:
     """(fixed, per-shard, per-sample) objects of an audit's store, from the layout of a probe
     store of one shard (chunks that hold only the fill value are never written, so this is
     at most one object too many each): arrays along `sample` give a chunk per shard (times
     their other chunks), decoy populations one per sample; metadata, coordinates, the layout's
     markers, the statistics and the audit's record are written once."""
-    markers = [k for k in store.listing() if k.startswith(MARKERS + "/")]
+    markers = [k for k in listing if k.startswith(MARKERS + "/")]
     layout = sum(1 for k in markers if k.startswith((f"{MARKERS}/layout/", f"{MARKERS}/stats/")))
-    fixed = layout + 1 + sum(1 for k in store.listing() if k.endswith("zarr.json"))
+    fixed = layout + 1 + sum(1 for k in listing if k.endswith("zarr.json"))
     per_shard, per_sample = len(markers) - layout, 0
     for name, arr in _all_arrays(store.root(mode="r")):
         dims = arr.metadata.dimension_names or ()
@@ -325,10 +309,10 @@ def _all_arrays(group):
             yield name, member
 
 
-def _sizes(store: Store) -> tuple[int, int, int]:
-    """(chunk, metadata, done-marker) bytes of a store, as stored."""
+def _sizes(listing: dict) -> tuple[int, int, int]:
+    """(chunk, metadata, done-marker) bytes of a store's `listing`, as stored."""
     chunks = metadata = markers = 0
-    for key, info in store.listing().items():
+    for key, info in listing.items():
         if key.startswith(MARKERS + "/"):
             markers += info["size"]
         elif key.endswith("zarr.json"):
