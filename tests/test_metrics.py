@@ -83,10 +83,37 @@ def test_top_fraction_by_hand():
     assert M.top_fraction(e, 0.5).tolist() == [[[[1.0, 1.0], [0.0, 0.0]]]]
     assert M.top_fraction(e, 0.75).tolist() == [[[[1.0, 1.0], [1.0, 0.0]]]]
     assert M.top_fraction(e, 0.01).sum() == 1  # at least one pixel
-    ties = torch.ones(1, 1, 2, 2)
-    assert M.top_fraction(ties, 0.5).tolist() == [[[[1.0, 1.0], [0.0, 0.0]]]]  # lower index first
     big = torch.randn(4, 3, 32, 32)
     assert (M.top_fraction(big, 0.2).flatten(1).sum(1) == 205).all()  # round(0.2 * 1024)
+
+
+def test_top_k_over_ties_prefers_no_pixel_index():
+    """A constant map: over many sample keys every pixel is kept equally often (an index
+    rule keeps the first 16 of 64 always); one key always keeps the same pixels."""
+    keys = [f"0/{i}/fidelity" for i in range(2000)]
+    kept = M.top_fraction(torch.ones(len(keys), 1, 8, 8), 0.25, keys).flatten(1)
+    assert (kept.sum(1) == 16).all()
+    share = kept.mean(0)  # each pixel's share of the keys: binomial(2000, 0.25), sd 0.0097
+    assert (share - 0.25).abs().max() < 0.05, share
+    assert abs(float((kept * torch.arange(64)).sum(1).mean()) / 16 - 31.5) < 1.0
+    again = M.top_fraction(torch.ones(2, 1, 8, 8), 0.25, keys[:2]).flatten(1)
+    assert torch.equal(again, kept[:2]) and not torch.equal(kept[0], kept[1])
+    # ties only among equals: the larger values always come first
+    e = torch.zeros(3, 1, 4, 4)
+    e[:, 0, 3, 3] = 1.0
+    assert (M.top_fraction(e, 0.25, keys[:3])[:, 0, 3, 3] == 1).all()
+
+
+def test_sensitivity_breaks_ties_alike_in_both_maps():
+    """A clean and an attacked map that agree (a tied region included) have S_S = 0: both
+    take their ties in the sample's one order."""
+    e = torch.zeros(2, 3, 8, 8)
+    e[:, :, :2] = 1.0  # 16 pixels above 48 tied zeros; top 20% = 13 -> chosen among the 16
+    e[:, :, 2:4] = 0.5  # 16 more tied: a top 40% reaches into them
+    x, x_adv = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    keys = ["0/1/sensitivity", "0/2/sensitivity"]
+    for fraction in (0.2, 0.4):
+        assert (M.sensitivity(e, e.clone(), x, x_adv, fraction, keys) == 0).all()
 
 
 def test_masked_input_broadcasts_a_pixel_mask_over_channels():

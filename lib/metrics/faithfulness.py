@@ -31,11 +31,13 @@ def fidelity(
     baseline: Tensor | float | None = None,
     fraction: float = 0.2,
     micro_batch: int = 64,
+    keys: list[str] | None = None,
 ) -> Tensor:
-    """S_F = -log(p_c(E_bin * x + (1 - E_bin) * b) / p_c(x)) (B,), E_bin the binary top-K map;
-    computed as a difference of log-softmax values. `baseline` None: the model's colour b."""
+    """S_F = -log(p_c(E_bin * x + (1 - E_bin) * b) / p_c(x)) (B,), E_bin the binary top-K map
+    (ties in the samples' keyed order); computed as a difference of log-softmax values.
+    `baseline` None: the model's colour b."""
     check_target(x, target)
-    keep = top_fraction(e, fraction)
+    keep = top_fraction(e, fraction, keys)
     check_like(x, keep, "map")
     rows = torch.cat([x, masked_input(x, keep, metric_baseline(model, baseline, x))])
     targets = torch.cat([target, target])
@@ -55,9 +57,9 @@ def _removal_counts(n: int, step_fraction: float) -> list[int]:
     return counts
 
 
-def _positions(score: Tensor, descending: bool) -> Tensor:
-    """Each pixel's position in the removal order (B, N)."""
-    order = pixel_order(score, descending)
+def _positions(score: Tensor, descending: bool, keys: list[str] | None) -> Tensor:
+    """Each pixel's position in the removal order (B, N), ties in the keyed order."""
+    order = pixel_order(score, descending, keys)
     pos = torch.arange(score.shape[1], device=score.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, pos)
 
@@ -70,12 +72,14 @@ def deletion_preservation(
     baseline: Tensor | float | None = None,
     step_fraction: float = 1 / 64,
     micro_batch: int = 64,
+    keys: list[str] | None = None,
 ) -> dict[str, Tensor]:
     """RelEx's deletion D and preservation P (B,): pixels set to b in decreasing (D) or
-    increasing (P) mask order, step_fraction of the pixels per step, p_c after each step
-    (curves (B, S + 1) from nothing to everything removed) and the trapezoid area under p_c
-    over the removed fraction in [0, 1]; R with 1/R = (1/P + 1/(1 - D)) / 2 (0 where P = 0 or
-    D = 1). All steps of all images go through the model as one stream of micro-batches."""
+    increasing (P) mask order (ties in the samples' keyed order), step_fraction of the pixels
+    per step, p_c after each step (curves (B, S + 1) from nothing to everything removed) and
+    the trapezoid area under p_c over the removed fraction in [0, 1]; R with
+    1/R = (1/P + 1/(1 - D)) / 2 (0 where P = 0 or D = 1). All steps of all images go through
+    the model as one stream of micro-batches."""
     check_target(x, target)
     m = as_maps(mask, "mask")
     check_like(x, m, "mask")
@@ -83,7 +87,7 @@ def deletion_preservation(
     counts = torch.tensor(_removal_counts(h * w, step_fraction), device=x.device)
     n_pts = len(counts)
     score = m.mean(1).flatten(1)
-    positions = torch.stack([_positions(score, True), _positions(score, False)])
+    positions = torch.stack([_positions(score, True, keys), _positions(score, False, keys)])
     base = metric_baseline(model, baseline, x).expand_as(x)
 
     def build(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -111,7 +115,13 @@ def deletion_preservation(
 def _fidelity(cell: Cell) -> dict[str, Tensor]:
     return {
         "fidelity": fidelity(
-            cell.model, cell.x, cell.e, cell.target, cell.baseline, micro_batch=cell.micro_batch
+            cell.model,
+            cell.x,
+            cell.e,
+            cell.target,
+            cell.baseline,
+            micro_batch=cell.micro_batch,
+            keys=cell.keys,
         )
     }
 
@@ -119,7 +129,13 @@ def _fidelity(cell: Cell) -> dict[str, Tensor]:
 def _deletion(cell: Cell) -> dict[str, Tensor]:
     mask = saliency_mask(cell.e, cell.is_mask)
     out = deletion_preservation(
-        cell.model, cell.x, mask, cell.target, cell.baseline, micro_batch=cell.micro_batch
+        cell.model,
+        cell.x,
+        mask,
+        cell.target,
+        cell.baseline,
+        micro_batch=cell.micro_batch,
+        keys=cell.keys,
     )
     return {k: out[k] for k in ("deletion", "preservation", "r_score")}
 

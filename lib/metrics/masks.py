@@ -10,7 +10,11 @@ Conventions where METHODS.md is silent:
 - the binary top-K map is one value per pixel (B, 1, H, W), broadcast over channels where it
   masks an image; the sensitivity's numerator is therefore sqrt(number of pixels whose
   membership changed);
-- ties in a pixel order (top-K maps, deletion/preservation) go to the lower flat index.
+- ties in a pixel order (top-K maps, deletion/preservation, ROAD) are taken in a random order
+  drawn from the sample's key (`<key>/ties`), never by pixel index: a RelEx mask is exactly 0
+  on most pixels, and an index rule would fill its top 20% from the image's first rows.
+  The same key gives the same order, so two maps of one sample (clean and attacked) break
+  their ties alike.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.keys import keyed_uniform
 from ..errors import SalauditError
 
 NAN = float("nan")
@@ -80,9 +85,21 @@ def quantile(v: Tensor, q: float) -> Tensor:
     return torch.lerp(s[:, lo], s[:, hi], pos - lo)
 
 
-def pixel_order(score: Tensor, descending: bool) -> Tensor:
-    """Flat pixel indices per row sorted by score; ties go to the lower index."""
-    return score.argsort(dim=1, descending=descending, stable=True)
+def tie_order(n_rows: int, n: int, device, keys: list[str] | None = None) -> Tensor:
+    """(n_rows, n): per row a random permutation of 0..n-1 drawn from its key (`<key>/ties`;
+    keys default to the row positions "0", "1", ...), the order in which tied pixels go."""
+    keys = [str(i) for i in range(n_rows)] if keys is None else keys
+    if len(keys) != n_rows:
+        raise SalauditError(f"{len(keys)} keys for {n_rows} samples: give one key per sample")
+    return keyed_uniform([f"{k}/ties" for k in keys], (n,), device).argsort(dim=1)
+
+
+def pixel_order(score: Tensor, descending: bool, keys: list[str] | None = None) -> Tensor:
+    """Flat pixel indices per row sorted by score, ties in the row's keyed random order
+    (`tie_order`), never by index."""
+    perm = tie_order(*score.shape, score.device, keys)
+    order = score.gather(1, perm).argsort(dim=1, descending=descending, stable=True)
+    return perm.gather(1, order)
 
 
 def metric_baseline(model: nn.Module, baseline: Tensor | float | None, x: Tensor) -> Tensor:
@@ -134,13 +151,13 @@ def saliency_mask(e: Tensor, is_mask: bool = False) -> Tensor:
     return torch.where(ok, a.minimum(q) / torch.where(ok, q, torch.ones_like(q)), 0.0)
 
 
-def top_fraction(e: Tensor, fraction: float) -> Tensor:
+def top_fraction(e: Tensor, fraction: float, keys: list[str] | None = None) -> Tensor:
     """The binary top-K map (B, 1, H, W) in {0, 1}: the round(fraction * H * W) pixels (at
-    least 1) with the largest max-over-channels |E|; ties go to the lower flat index."""
+    least 1) with the largest max-over-channels |E|; ties in the keyed order of `tie_order`."""
     e = as_maps(e)
     b, _, h, w = e.shape
     score = e.abs().amax(1).flatten(1)
-    top = pixel_order(score, descending=True)[:, : pixel_count(fraction, h * w)]
+    top = pixel_order(score, descending=True, keys=keys)[:, : pixel_count(fraction, h * w)]
     dtype = e.dtype if e.is_floating_point() else torch.get_default_dtype()
     return (
         torch.zeros(score.shape, dtype=dtype, device=e.device)

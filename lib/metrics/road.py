@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..engine.keys import keyed_normal
 from .catalogue import Cell, Family, Variable, register
+from .masks import pixel_order
 
 DEFAULT_PERCENTAGES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 ORDERS = ("morf", "lerf")
@@ -158,16 +159,17 @@ def removal_counts(hw: int, percentages: Sequence[float]) -> list[int]:
     return [int(hw * p / 100) for p in percentages]
 
 
-def removal_ranks(scores: Tensor) -> Tensor:
+def removal_ranks(scores: Tensor, keys: Sequence[str] | None = None) -> Tensor:
     """(B, 2, H*W) rank of every pixel in MoRF (descending) and LeRF (ascending) order.
 
-    Ties keep pixel index order (stable sort) in both orders.
+    Ties in the sample's keyed random order (`masks.pixel_order`), never by pixel index.
     """
     flat = scores.reshape(scores.shape[0], -1)
     ar = torch.arange(flat.shape[1], device=flat.device).expand_as(flat)
+    keys = None if keys is None else list(keys)
     ranks = []
     for descending in (True, False):
-        order = torch.sort(flat, dim=1, descending=descending, stable=True).indices
+        order = pixel_order(flat, descending, keys)
         ranks.append(torch.empty_like(order).scatter_(1, order, ar))
     return torch.stack(ranks, dim=1)
 
@@ -202,16 +204,17 @@ def road(
     """ROAD MoRF and LeRF indicators: {"road_morf": (B, P), "road_lerf": (B, P)} of 0.0 / 1.0.
 
     For each percentage p the floor(p / 100 * H * W) pixels with the largest (MoRF) or smallest
-    (LeRF) score (signed channel sum of e; ties by pixel index) are removed and imputed with
-    `noisy_linear_imputation`; the indicator is argmax model(imputed) == target. The rows
-    (image x order x percentage) are imputed and classified in chunks of `micro_batch`, without
-    gradients; model must already be in the mode wanted (eval). Row noise keys are
-    f"{keys[i]}/{order}/{p}" (keys default str(i)), so results do not depend on the batching.
+    (LeRF) score (signed channel sum of e; ties in the keyed order of `removal_ranks`) are
+    removed and imputed with `noisy_linear_imputation`; the indicator is argmax
+    model(imputed) == target. The rows (image x order x percentage) are imputed and classified
+    in chunks of `micro_batch`, without gradients; model must already be in the mode wanted
+    (eval). Row noise keys are f"{keys[i]}/{order}/{p}" (keys default str(i)), so results do
+    not depend on the batching.
     """
     b, _, h, w = x.shape
     counts = torch.tensor(removal_counts(h * w, percentages), device=x.device)
-    ranks = removal_ranks(pixel_scores(e).to(x.device))
     keys = list(keys) if keys is not None else [str(i) for i in range(b)]
+    ranks = removal_ranks(pixel_scores(e).to(x.device), keys)
     n_p = len(percentages)
     n_rows = b * 2 * n_p
     hits = torch.empty(n_rows, device=x.device)

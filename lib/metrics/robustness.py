@@ -25,14 +25,19 @@ from .masks import (
 
 
 def sensitivity(
-    e: Tensor, e_adv: Tensor, x: Tensor, x_adv: Tensor, fraction: float = 0.2
+    e: Tensor,
+    e_adv: Tensor,
+    x: Tensor,
+    x_adv: Tensor,
+    fraction: float = 0.2,
+    keys: list[str] | None = None,
 ) -> Tensor:
     """S_S = ||E_bin(x) - E_bin(x')||_2 / ||x - x'||_2 (B,), E_bin the per-pixel binary top-K
-    map (the numerator is sqrt of the number of pixels that entered or left the top K); NaN
-    where x' = x."""
+    map (the numerator is sqrt of the number of pixels that entered or left the top K; both
+    maps break ties in the sample's one keyed order); NaN where x' = x."""
     check_same(e, e_adv, "maps of x and x'")
     check_same(x, x_adv, "x and x'")
-    a, b = top_fraction(e, fraction), top_fraction(e_adv, fraction)
+    a, b = top_fraction(e, fraction, keys), top_fraction(e_adv, fraction, keys)
     check_like(x, a, "map")
     num = (a - b).flatten(1).norm(dim=1)
     den = (x - x_adv).flatten(1).norm(dim=1)
@@ -80,21 +85,23 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(bad, NAN, rho).to(a.dtype if a.is_floating_point() else torch.float64)
 
 
-def topk_intersection(a: Tensor, b: Tensor, fraction: float = 0.02) -> Tensor:
+def topk_intersection(
+    a: Tensor, b: Tensor, fraction: float = 0.02, keys: list[str] | None = None
+) -> Tensor:
     """|top-k(a) n top-k(b)| / k (B,) over per-pixel scores (channel-summed |map|), k =
-    round(fraction * H * W) >= 1; ties go to the lower flat index."""
+    round(fraction * H * W) >= 1; ties in the sample's keyed order, the same for a and b."""
     check_same(a, b, "topk_intersection")
     sa, sb = (as_maps(m).abs().sum(1).flatten(1) for m in (a, b))
     k = pixel_count(fraction, sa.shape[1])
     hits = torch.zeros_like(sa, dtype=torch.bool)
-    ta = hits.scatter(1, pixel_order(sa, True)[:, :k], True)
-    tb = hits.scatter(1, pixel_order(sb, True)[:, :k], True)
+    ta = hits.scatter(1, pixel_order(sa, True, keys)[:, :k], True)
+    tb = hits.scatter(1, pixel_order(sb, True, keys)[:, :k], True)
     return (ta & tb).sum(1).to(sa.dtype) / k
 
 
 def _sensitivity(cell: Cell) -> dict[str, Tensor]:
     x_adv, e_adv = cell.source.attacked(cell.attack, cell.method.name)
-    return {"sensitivity": sensitivity(cell.e, e_adv, cell.x, x_adv)}
+    return {"sensitivity": sensitivity(cell.e, e_adv, cell.x, x_adv, keys=cell.keys)}
 
 
 def _rank(cell: Cell) -> dict[str, Tensor]:
@@ -102,7 +109,7 @@ def _rank(cell: Cell) -> dict[str, Tensor]:
     _, e_adv = cell.source.attacked(cell.attack, cell.method.name)
     return {
         "spearman": spearman(e.abs().sum(1), e_adv.abs().sum(1)),
-        "topk_intersection": topk_intersection(e, e_adv),
+        "topk_intersection": topk_intersection(e, e_adv, keys=cell.keys),
     }
 
 
