@@ -69,18 +69,18 @@ def test_bf16_maps_correlate_with_fp32(both, method):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="machine-dependent: held on the machine of stops 24-25, fails on the VM of stop 26 "
-    "(1.3% on one of four images, also at the landed 67be73c); see the stop 26 note",
-)
 def test_bf16_ig_keeps_completeness_within_one_percent(both):
+    """Completeness against the network's score gap F(x) - F(0), computed exactly (fp32): the
+    bf16 map explains the network, and the bf16 forward's own endpoints carry rounding of up
+    to 1.6% of the gap on these images (CPUs without native bf16, e.g. AVX2), which no step
+    count removes (0.5-1.6% at 16, 50 and 128 steps, measured 2026-12-02)."""
     x, t, out = both
-    model, maps = out["bf16"]
+    exact, maps = out["fp32"][0], out["bf16"][1]
     with torch.no_grad():
-        gap = model(x).gather(1, t[:, None]) - model(torch.zeros_like(x)).gather(1, t[:, None])
+        gap = exact(x).gather(1, t[:, None]) - exact(torch.zeros_like(x)).gather(1, t[:, None])
     total = torch.from_numpy(maps["ig"].values).flatten(1).sum(1)
     assert ((total - gap.squeeze(1)).abs() <= 0.01 * gap.squeeze(1).abs()).all()
+    assert not torch.equal(total, torch.from_numpy(out["fp32"][1]["ig"].values).flatten(1).sum(1))
 
 
 @pytest.mark.slow
