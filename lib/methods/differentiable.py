@@ -111,12 +111,12 @@ class DifferentiableMap:
             rows = torch.arange(start, min(start + micro_batch, len(x) * n), device=x.device)
             i, k = rows // n, rows % n
             inputs, a, w = path.point(i, k)
-            hv = _hessian_vector(self.soft, inputs, self.target[i], v[i] * w)
+            hv = hessian_vector(self.soft, inputs, self.target[i], v[i] * w)
             out.index_add_(0, i, a * hv)
         return out
 
 
-def _hessian_vector(model: nn.Module, x: Tensor, target: Tensor, v: Tensor) -> Tensor:
+def hessian_vector(model: nn.Module, x: Tensor, target: Tensor, v: Tensor) -> Tensor:
     """Per row: H v, with H the input Hessian of the target logit at x."""
     with torch.enable_grad():
         p = x.detach().requires_grad_(True)
