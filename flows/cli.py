@@ -9,6 +9,7 @@ import sys
 import time
 
 from salaudit.errors import SalauditError
+from salaudit.metrics.masks import METRIC_BASELINES
 from salaudit.pipeline.spec import AuditSpec
 
 DEFAULTS = AuditSpec()  # every flag's default is the spec's
@@ -124,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated metric families (default: every applicable one but sanity; "
         "`all` adds sanity)",
+    )
+    v.add_argument(
+        "--baseline",
+        choices=METRIC_BASELINES,
+        default=None,
+        help="what replaces removed pixels in fidelity, deletion and retrieval: the data's mean "
+        "colour, zero or a blur of the image (default: the store's metrics' own, else mean)",
     )
 
     for stage in (e, a, v):
@@ -348,11 +356,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     from salaudit.pipeline.evaluate import evaluate
     from salaudit.report.tables import comparisons_table
 
-    out = evaluate(args.store, _names(args.metrics), device=args.device, progress=not args.quiet)
+    out = evaluate(
+        args.store,
+        _names(args.metrics),
+        device=args.device,
+        progress=not args.quiet,
+        baseline=args.baseline,
+    )
     _repaired(out)
     print(
         f"salaudit: {out['samples']} samples; {out['computed']} metric parts computed, the rest "
-        "were already in the store"
+        f"were already in the store; metric baseline {out['baseline']}"
     )
     for note in out["notes"]:
         print(f"salaudit: {note}")

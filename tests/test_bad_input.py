@@ -454,3 +454,26 @@ def test_a_refusal_inside_the_flow_is_one_line_without_prefects_traceback(store,
         lease.release()
     assert "ERROR" not in err
     assert same(before, arrays(store))
+
+
+def test_metrics_keep_the_baseline_they_were_computed_with(store, capsys, tmp_path):
+    """A store scored under the mean baseline records it and refuses another; a fresh one
+    scored under zero records zero, and its fidelity differs."""
+    import xarray as xr
+
+    before = zarr.open_group(str(store), mode="r")["metrics/fidelity"][:]
+    argv = ["evaluate", "--store", str(store), "--metrics", "fidelity", "--quiet"]
+    refused(capsys, [*argv, "--baseline", "zero"], "under the mean baseline", "asks zero")
+    np.testing.assert_array_equal(
+        zarr.open_group(str(store), mode="r")["metrics/fidelity"][:], before
+    )
+    assert xr.open_zarr(str(store), group="metrics").attrs["metric_baseline"] == "mean"
+
+    other = tmp_path / "zero"
+    assert main([*EXPLAIN, "--store", str(other)]) == 0
+    assert main(["evaluate", "--store", str(other), "--metrics", "fidelity", "--quiet",
+                 "--baseline", "zero"]) == 0  # fmt: skip
+    assert main(["evaluate", "--store", str(other), "--metrics", "fidelity", "--quiet"]) == 0
+    metrics = xr.open_zarr(str(other), group="metrics")
+    assert metrics.attrs["metric_baseline"] == "zero"
+    assert not np.allclose(metrics["fidelity"].values, before)

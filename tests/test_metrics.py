@@ -142,6 +142,36 @@ def test_fidelity_by_hand():
     torch.testing.assert_close(f, torch.tensor([math.log(sig(3) / sig(2.5))]))
 
 
+def test_the_blur_baseline_is_scipys_gaussian_filter():
+    """sigma = side / 16 (2 px at 32), truncated at 2 sigma, the border mirrored (scipy's
+    `mirror` is torch's `reflect`)."""
+    from scipy.ndimage import gaussian_filter
+
+    from salaudit.metrics.masks import blurred
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = gaussian_filter(x.numpy(), sigma=(0, 0, 2, 2), mode="mirror", truncate=2.0)
+    np.testing.assert_allclose(blurred(x).numpy(), expected, atol=1e-5)
+
+
+def test_fidelity_takes_each_named_baseline(model, small):
+    from salaudit.metrics.masks import blurred
+
+    x, target, e = small
+    keys = [f"0/{i}/fidelity" for i in range(len(x))]
+
+    def f(baseline):
+        return M.fidelity(model, x, e, target, baseline=baseline, keys=keys)
+
+    assert model.baseline_colour.abs().min() > 0.1  # the data's mean is not zero
+    torch.testing.assert_close(f("mean"), f(None))
+    torch.testing.assert_close(f("zero"), f(0.0))
+    torch.testing.assert_close(f("blur"), f(blurred(x)))
+    assert not torch.allclose(f("zero"), f("mean")) and not torch.allclose(f("blur"), f("mean"))
+    with pytest.raises(SalauditError, match="mean, zero, blur"):
+        f("grey")
+
+
 def test_fidelity_of_a_keep_all_map_is_zero(model, small):
     x, target, e = small
     f = M.fidelity(model, x, e, target, fraction=1.0)

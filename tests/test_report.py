@@ -97,6 +97,7 @@ def test_statistics_equal_scipy_on_the_stored_metrics(full_store, full_report):
         for r in read_csv(out / "comparisons.csv")
     }
     page = (out / "index.html").read_text()
+    assert "<td>metric baseline</td><td>mean (the data&#x27;s mean colour)</td>" in page
     checked_means = checked_pairs = 0
     for var in metrics.data_vars:
         if str(var).startswith("decoy_validity"):
@@ -210,6 +211,7 @@ def test_a_store_of_maps_alone_gets_a_report_that_says_what_is_missing(tmp_path,
     for section in SECTIONS:
         assert f'<section id="{section}">' in html
     assert "No audit record" in html
+    assert "<td>metric baseline</td><td>none (no metrics)</td>" in html
     for words in ("No metrics in this store: salaudit evaluate", "No attacks in this store"):
         assert words in html and words in printed
     assert "sanity: Not computed" in printed and "decoys: No decoy populations" in printed

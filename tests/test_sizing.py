@@ -30,6 +30,23 @@ def test_auto_micro_batch_never_exceeds_the_budget_it_states(model, budget):
     assert f"micro-batch {sizing.rows} rows" in str(sizing)
 
 
+def test_a_cpu_micro_batch_holds_at_most_its_pass_bytes():
+    """At 224 a row holds tens of MiB: the CPU cap is the pass's bytes, not 64 rows (here a conv
+    of 64 channels at 3x224x224, whose output alone is 12.25 MiB a row)."""
+    from salaudit.engine.batching import CPU_PASS_BYTES
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
+    net.input_shape = (3, 224, 224)
+    sizing = size_micro_batch(net, CPU, 2**40)
+    assert sizing.row_bytes >= 4 * 64 * 224 * 224
+    assert sizing.rows == CPU_PASS_BYTES // sizing.row_bytes < 64
+
+
 def test_a_row_costs_its_activations(model):
     """The probe sees what the default CNN saves for its backward: per row, at least its input
     and the first convolution's output (16 channels at 32 x 32, float32)."""

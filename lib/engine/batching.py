@@ -13,9 +13,11 @@ import torch.nn.functional as F
 
 from ..errors import SalauditError
 
-# On a 2-core CPU a small CNN's forward+backward throughput peaks at a few dozen rows and falls
-# for larger batches (docs/benchmarks.md); on a GPU the memory budget decides.
+# On a 2-core CPU forward+backward throughput peaks at a few dozen rows of a small CNN, and at a
+# pass of a few hundred MiB of a large one (resnet18 at 224: 18-19 rows/s from 8 to 32 rows,
+# 14.7 at 64 rows, 1.4 GiB; docs/benchmarks.md); on a GPU the memory budget decides.
 CPU_MICRO_BATCH = 64
+CPU_PASS_BYTES = 512 * 2**20  # what one CPU micro-batch's rows may hold
 GPU_MAX_MICRO_BATCH = 4096
 MEMORY_FRACTION = {"cuda": 0.5, "cpu": 0.25}  # of the free memory, when no budget is given
 UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -94,13 +96,16 @@ def size_micro_batch(
     model: torch.nn.Module, device: torch.device | str, budget: int | None = None
 ) -> Sizing:
     """Rows per micro-batch so a forward+backward pass fits `budget` bytes (default: a fraction
-    of the free memory), measured by a probe on `device`; at most 64 on a CPU (throughput
-    falls beyond) and 4096 on a GPU."""
+    of the free memory), measured by a probe on `device`; on a CPU at most 64 rows and
+    `CPU_PASS_BYTES` of them (throughput falls beyond), on a GPU at most 4096 rows."""
     device = torch.device(device)
     per_row = row_bytes(model, device)
     if budget is None:
         budget = int(MEMORY_FRACTION[device.type] * free_memory(device))
-    cap = GPU_MAX_MICRO_BATCH if device.type == "cuda" else CPU_MICRO_BATCH
+    if device.type == "cuda":
+        cap = GPU_MAX_MICRO_BATCH
+    else:
+        cap = min(CPU_MICRO_BATCH, CPU_PASS_BYTES // per_row)
     return Sizing(max(1, min(cap, budget // per_row)), per_row, budget)
 
 

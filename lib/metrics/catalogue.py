@@ -73,7 +73,7 @@ class Cell:
     model: PixelModel
     x: Tensor
     target: Tensor
-    baseline: Tensor
+    baseline: Tensor | str  # what replaces removed pixels (`masks.metric_baseline`)
     micro_batch: int
     source: Source
     keys: list[str] = field(default_factory=list)  # per sample, this family's random keys

@@ -28,14 +28,14 @@ def fidelity(
     x: Tensor,
     e: Tensor,
     target: Tensor,
-    baseline: Tensor | float | None = None,
+    baseline: Tensor | float | str | None = None,
     fraction: float = 0.2,
     micro_batch: int = 64,
     keys: list[str] | None = None,
 ) -> Tensor:
     """S_F = -log(p_c(E_bin * x + (1 - E_bin) * b) / p_c(x)) (B,), E_bin the binary top-K map
     (ties in the samples' keyed order); computed as a difference of log-softmax values.
-    `baseline` None: the model's colour b."""
+    `baseline`: as `metric_baseline` takes it (None: `mean`, the model's colour b)."""
     check_target(x, target)
     keep = top_fraction(e, fraction, keys)
     check_like(x, keep, "map")
@@ -69,7 +69,7 @@ def deletion_preservation(
     x: Tensor,
     mask: Tensor,
     target: Tensor,
-    baseline: Tensor | float | None = None,
+    baseline: Tensor | float | str | None = None,
     step_fraction: float = 1 / 64,
     micro_batch: int = 64,
     keys: list[str] | None = None,

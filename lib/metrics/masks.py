@@ -102,11 +102,32 @@ def pixel_order(score: Tensor, descending: bool, keys: list[str] | None = None) 
     return perm.gather(1, order)
 
 
-def metric_baseline(model: nn.Module, baseline: Tensor | float | None, x: Tensor) -> Tensor:
-    """The baseline colour as a tensor broadcastable to x: None takes the model's baseline
-    colour b; a (C,) vector becomes (1, C, 1, 1)."""
-    if baseline is None:
-        baseline = model.baseline_colour
+METRIC_BASELINES = ("mean", "zero", "blur")  # what replaces removed pixels (`metric_baseline`)
+
+
+def blurred(x: Tensor) -> Tensor:
+    """x under a Gaussian blur of sigma = side / 16 pixels (2 at 32, 14 at 224), reflected at
+    the border: the `blur` metric baseline."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    sigma = max(x.shape[-2:]) / 16
+    kernel = 2 * math.ceil(2 * sigma) + 1
+    return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+
+
+def metric_baseline(model: nn.Module, baseline: Tensor | float | str | None, x: Tensor) -> Tensor:
+    """What replaces removed pixels of x, broadcastable to x: `mean` (or None) the model's
+    baseline colour b (the training data's mean), `zero` 0, `blur` x blurred (`blurred`); a
+    number or tensor as given, a (C,) vector as (1, C, 1, 1)."""
+    if baseline is None or isinstance(baseline, str):
+        kind = baseline or "mean"
+        if kind not in METRIC_BASELINES:
+            raise SalauditError(
+                f"metric baseline {kind!r} is unknown; give one of {', '.join(METRIC_BASELINES)}"
+            )
+        if kind == "blur":
+            return blurred(x)
+        baseline = model.baseline_colour if kind == "mean" else 0.0
     b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     if b.ndim == 1:
         b = b.view(1, -1, 1, 1)

@@ -49,7 +49,7 @@ def class_retrieval(
     x_adv: Tensor,
     mask: Tensor,
     target: Tensor,
-    baseline: Tensor | float | None = None,
+    baseline: Tensor | float | str | None = None,
     micro_batch: int = 64,
 ) -> Tensor:
     """Whether argmax F(m * x' + (1 - m) * b) = c (B,) bool (RelEx's class retrieval)."""

@@ -192,7 +192,9 @@ def plan_audit(spec: AuditSpec, run: Run, workers: int = 1) -> AuditPlan:
     """The audit of `spec` on a laid-out store: its units' groups, attacks and metrics, units
     sized for `workers` (`unit_shards`)."""
     attacks = attack_jobs(spec.attacks, spec.attack_params, spec.radii) if spec.attacks else []
-    evaluation = evaluation_for(run, spec.metrics) if spec.metrics != [] else None
+    evaluation = (
+        evaluation_for(run, spec.metrics, spec.metric_baseline) if spec.metrics != [] else None
+    )
     k = unit_shards(len(run.regions), run.store.attrs()["shard_size"], workers)
     return AuditPlan(spec, run.regions, method_groups(run.methods), attacks, evaluation, k)
 

@@ -22,11 +22,13 @@ from ..errors import SalauditError
 from ..methods.context import Context
 from ..methods.registry import Method
 from ..metrics.catalogue import Cell, Family, families, per_generator
+from ..metrics.masks import METRIC_BASELINES
 from ..metrics.stats import comparisons
 from ..store import schema
 from .explain import reopen
 from .run import Run
 
+BASELINE_ATTR = "metric_baseline"  # the metrics group's attribute
 NEXT_STAGE = {
     "attacks": "salaudit attack --store {url} --attacks topk@grad,mass-center@grad,target@grad",
     "prediction": "salaudit attack --store {url} --attacks pgd",
@@ -47,6 +49,7 @@ class Evaluation:
     generators: list[str]
     notes: list[str] = field(default_factory=list)
     attacked: dict[str, set[str]] = field(default_factory=dict)  # attack -> its maps' methods
+    baseline: str = "mean"  # what replaces removed pixels (`masks.metric_baseline`)
 
     @property
     def methods(self) -> list[Method]:
@@ -57,10 +60,12 @@ class Evaluation:
         return [f.name for f in self.families]
 
 
-def evaluation_for(run: Run, asked: list[str] | None) -> Evaluation:
+def evaluation_for(run: Run, asked: list[str] | None, baseline: str | None = None) -> Evaluation:
     """Which families apply; an asked-for family that cannot be computed is an error naming
-    what to run, a default one that cannot is skipped with a note."""
+    what to run, a default one that cannot is skipped with a note. `baseline` (None: the one
+    the store's metrics use, else `mean`) must be the store's metrics' own."""
     store, url, catalogue = run.store, run.store.url, families()
+    baseline = metrics_baseline(store, baseline)
     names = list(catalogue) if asked in (None, ["all"]) else list(dict.fromkeys(asked))
     if asked is None:
         names = [n for n in names if catalogue[n].default]
@@ -104,7 +109,32 @@ def evaluation_for(run: Run, asked: list[str] | None) -> Evaluation:
     if prediction is not None:
         info = attack_info(prediction)
         labels[info.dim] = [float(r) for r in store.read(schema.attack(prediction, info.dim))]
-    return Evaluation(run, chosen, explanation, prediction, labels, generators, notes, attacked)
+    return Evaluation(
+        run, chosen, explanation, prediction, labels, generators, notes, attacked, baseline
+    )
+
+
+def metrics_baseline(store, baseline: str | None) -> str:
+    """The metric baseline an evaluation of `store` uses: `baseline`, or the one its metrics
+    were computed with (`mean` for a store without metrics, or from before the choice). Another
+    than the stored one is refused: one metrics group holds one baseline's scores."""
+    held = None
+    if store.has(schema.METRICS):
+        held = store.node(schema.METRICS).attrs.get(BASELINE_ATTR)
+        if held is None and store.arrays(schema.METRICS):
+            held = "mean"  # a store scored before the baseline was a choice
+    chosen = baseline or held or "mean"
+    if chosen not in METRIC_BASELINES:
+        raise SalauditError(
+            f"metric baseline {chosen!r} is unknown; give one of {', '.join(METRIC_BASELINES)}"
+        )
+    if held and chosen != held:
+        raise SalauditError(
+            f"store {store.url} holds metrics under the {held} baseline, this evaluation asks "
+            f"{chosen}; evaluate a copy of the store (or another audit) with metric_baseline "
+            f"{chosen}, or keep {held}"
+        )
+    return chosen
 
 
 def _generators(run: Run) -> list[str]:
@@ -127,6 +157,7 @@ def layout_metrics(ev: Evaluation) -> None:
     store, run = ev.run.store, ev.run
     shard, group = store.attrs()["shard_size"], schema.METRICS
     store.require_coordinate(group, "sample", run.samples)
+    store.root().require_group(group).attrs[BASELINE_ATTR] = ev.baseline
     store.require_labels(group, "method", [m.name for m in ev.methods])
     if any(f.dim == "attack" for f in ev.families):
         store.require_labels(group, "attack", ev.attacks)
@@ -206,7 +237,7 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
         model=run.model,
         x=x,
         target=target,
-        baseline=run.model.baseline_colour.to(x),
+        baseline=ev.baseline,
         micro_batch=run.micro_batch,
         source=source,
         seed=run.spec.seed,
@@ -297,13 +328,14 @@ def evaluate(
     device: str = "auto",
     storage_options: dict | None = None,
     progress: bool = True,
+    baseline: str | None = None,
 ) -> dict:
     """Run the evaluate stage on the store at `url` in this process; returns a summary with
-    the statistics' table."""
+    the statistics' table. `baseline`: the metric baseline (`evaluation_for`)."""
     from tqdm.auto import tqdm
 
     run = reopen(url, storage_options, device, progress)
-    ev = evaluation_for(run, asked)
+    ev = evaluation_for(run, asked, baseline)
     layout_metrics(ev)
     computed = []
     for start, stop in tqdm(
@@ -317,6 +349,7 @@ def evaluate(
         "store": run.store.url,
         "samples": len(run.samples),
         "families": ev.names,
+        "baseline": ev.baseline,
         "computed": len(computed),
         "notes": ev.notes,
         "table": table,

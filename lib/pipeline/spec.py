@@ -30,6 +30,7 @@ from ..methods.registry import (
     registry,
 )
 from ..metrics.catalogue import check_thresholds, families
+from ..metrics.masks import METRIC_BASELINES
 from ..store.schema import report_location
 
 CREDENTIAL_KEYS = {
@@ -86,6 +87,7 @@ attack_params:
   pgd: {steps: 10}
 radii: [2, 8, 32]                      # pgd's L_inf radii in units of 1/255
 metrics: null                          # null: every applicable family; or a list, e.g. [fidelity]
+metric_baseline: mean                  # mean | zero | blur: what replaces removed pixels
 
 report: null                           # the HTML report's folder or s3:// URL (null: beside the
                                        # store, <store>-report; false: no report)
@@ -193,6 +195,7 @@ class AuditSpec(BaseModel):
     )
     radii: list[float] | None = Field(default_factory=lambda: list(DEFAULT_RADII))
     metrics: list[str] | None = None
+    metric_baseline: Literal[METRIC_BASELINES] = "mean"  # type: ignore[valid-type]
     report: str | bool | None = None
     compare: CompareSpec = Field(default_factory=CompareSpec)
     store: StoreSpec = Field(default_factory=StoreSpec)

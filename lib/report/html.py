@@ -148,6 +148,17 @@ def _mean_se(r: dict | None) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 
+def _metric_baseline(audit: Contents) -> str:
+    """What replaced removed pixels in fidelity, deletion and retrieval."""
+    metrics = audit.group(schema.METRICS)
+    if metrics is None:
+        return "none (no metrics)"
+    kind = metrics.attrs.get("metric_baseline", "mean")
+    return {"mean": "mean (the data's mean colour)", "blur": "blur (the image blurred)"}.get(
+        kind, kind
+    )
+
+
 def _run_section(audit: Contents) -> str:
     a, inputs = audit.attrs, audit.group(schema.INPUTS)
     n = inputs.sizes["sample"]
@@ -162,6 +173,7 @@ def _run_section(audit: Contents) -> str:
         ["samples", f"{n} ({correct} classified correctly)"],
         ["methods", esc(", ".join(audit.methods) or "none")],
         ["attacks", esc(", ".join(audit.subgroups(schema.ATTACKS)) or "none")],
+        ["metric baseline", esc(_metric_baseline(audit))],
         ["written by", esc(f"salaudit {a.get('salaudit_version', '?')}")],
     ]
     html_ = _table(None, info, "info")
