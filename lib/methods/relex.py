@@ -7,7 +7,8 @@ clamped to [0, 1] after every step. The L1 term's gradient is sign(m), 0 where t
 m at exactly 0 (torch's derivative of |m|, as in the authors' code): the penalty stops pushing
 an element that is already off. 100 iterations, the top of the authors' 50-100: from
 m0 ~ U(0, 0.01) with momentum 0.99, 50 steps move a unit-norm direction too little to cover a
-digit (the class is kept for 56% of 16 default images at 50, 100% at 100; docs/robust.md).
+digit (the class is kept for 62% of 16 default images at 50, by our code and the authors' alike,
+100% at 100; docs/robust.md).
 All images of a call are optimised together, their copies going through the model in
 micro-batches. At large inputs (`budget.large_input`) the default is 8 copies per iteration,
 not 50: 1,600 rows per image instead of 10,000 (docs/robust.md, "Budgets at size").
