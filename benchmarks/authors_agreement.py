@@ -10,11 +10,16 @@ pixels (max over channels, ties in the sample's keyed order, the same for both m
 ours against theirs and for each code against itself with another seed; the share of
 positive elements and whether the masked image keeps the class, at 50 and 100 iterations.
 
-Nothing is fetched at run time: without `--relex PATH` (a clone of JBNU-VL/RelEx) the part is
-skipped, saying how to get the code.
+Carlini-Wagner L2 (`--foolbox`): salaudit's CW alone against foolbox 3.3.4's
+`L2CarliniWagnerAttack`, which the authors' boundary code (zifanw/boundary) calls, at the same
+settings, on the batch and one image at a time, with and without abort-early.
+
+Nothing is fetched at run time: without `--relex PATH` (a clone of JBNU-VL/RelEx) or without
+foolbox installed a part is skipped, saying how to get the code.
 
     git clone https://github.com/JBNU-VL/RelEx /tmp/RelEx
-    python benchmarks/authors_agreement.py --relex /tmp/RelEx [--images 16]
+    pip install foolbox==3.3.4
+    python benchmarks/authors_agreement.py --relex /tmp/RelEx --foolbox [--images 16]
 """
 
 from __future__ import annotations
@@ -188,7 +193,7 @@ def cw_part(use: bool, n: int, emit) -> None:
     """salaudit's CW (`boundary_search._cw`) against foolbox's on the same images, settings
     and targets: mean L2 of the adversarial points each finds."""
     emit("## Carlini-Wagner L2: ours against foolbox's", "")
-    if not use:
+    if not use or importlib.util.find_spec("foolbox") is None:
         emit(FOOLBOX_HOW, "")
         return
     from salaudit.methods.boundary_search import BoundaryConfig, _cw
