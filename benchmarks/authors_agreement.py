@@ -34,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from robust_choices import default_images  # benchmarks/ is on the path
 from torch import nn
 
-from salaudit import load_dataset, load_model
-from salaudit.inputs.selection import Selection, select_samples
 from salaudit.methods.context import Context
 from salaudit.methods.relex import COPIES, relex, scaled_l1, scaled_lr
 from salaudit.metrics.masks import top_fraction
@@ -48,18 +47,6 @@ RELEX_HOW = (
     "skipped: the authors' RelEx is not given; git clone https://github.com/JBNU-VL/RelEx "
     "and pass --relex <that folder>"
 )
-
-
-def default_images(n: int):
-    """The default model, the first n of its 64 seeded test images, their indices and the
-    clean predictions."""
-    model = load_model("builtin:digit-scenes-cnn", progress=False)
-    data = load_dataset("builtin:digit-scenes")
-    idx = select_samples(data, Selection("random", 64, seed=0))[:n]
-    x = data.load(idx).image
-    with torch.no_grad():
-        t = model(x).argmax(1)
-    return model, idx, x, t
 
 
 class Centred(nn.Module):

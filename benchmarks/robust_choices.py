@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support import closest_linear_boundary  # noqa: E402
 
 
-def _default_images(n: int):
-    """The default model, the first n of 64 random default images and its predictions."""
+def default_images(n: int):
+    """The default model, the first n of its 64 seeded test images, their indices and the
+    clean predictions (targets)."""
     model = load_model("builtin:digit-scenes-cnn", progress=False)
     data = load_dataset("builtin:digit-scenes")
     idx = select_samples(data, Selection("random", 64, seed=0))[:n]
@@ -40,7 +41,7 @@ def _default_images(n: int):
 
 
 def relex_sweep(n: int) -> None:
-    model, idx, x, t = _default_images(n)
+    model, idx, x, t = default_images(n)
     ctx = Context([f"0/{i}/relex" for i in idx])
     b = model.baseline_colour
     print("| setting | class kept | mean p_c | mean L1 of m |\n|---|---|---|---|")
@@ -108,7 +109,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def relex_budget(n: int) -> None:
     """RelEx with fewer noisy copies per iteration: the class kept, and the rank correlation
     with the 50-copy mask next to the 50-copy mask's own seed-to-seed correlation."""
-    model, idx, x, t = _default_images(n)
+    model, idx, x, t = default_images(n)
     b = model.baseline_colour
     ref = relex(model, x, t, Context([f"0/{i}/relex" for i in idx]), n_noise=50)
     other = relex(model, x, t, Context([f"1/{i}/relex" for i in idx]), n_noise=50)
@@ -126,7 +127,7 @@ def relex_budget(n: int) -> None:
 
 def boundary_budget(n: int) -> None:
     """Cheaper boundary ensembles against the default: success, distance, rows per image."""
-    model, idx, x, t = _default_images(n)
+    model, idx, x, t = default_images(n)
     ctx = Context([f"0/{i}/boundary" for i in idx])
     print(f"\nBoundary search, {n} default images")
     print("| ensemble | rows / image | found | mean distance | vs default (mean, max) |")
