@@ -192,3 +192,15 @@ def test_new_checkpoints_are_those_past_the_watermark(tmp_path):
     assert [os.path.basename(u) for u in new] == ["c.pt", "d.pt"] and mark2.time == 250
     with pytest.raises(SalauditError, match="watched prefix .* does not exist"):
         list_checkpoints(str(tmp_path / "missing"))
+
+
+def test_an_audit_scores_under_its_metric_baseline_and_compare_refuses_a_mix(baseline, tmp_path):
+    url = str(tmp_path / "zero")
+    audit_direct(
+        parse_spec({**SPEC, "metric_baseline": "zero", "store": {"url": url}}), progress=False
+    )
+    assert zarr.open_group(url, mode="r")["metrics"].attrs["metric_baseline"] == "zero"
+    assert zarr.open_group(baseline, mode="r")["metrics"].attrs["metric_baseline"] == "mean"
+    assert not np.allclose(fidelity(url)["grad"], fidelity(baseline)["grad"])
+    with pytest.raises(SalauditError, match="under the mean metric baseline, .* under zero"):
+        compare_stores(baseline, url)

@@ -144,6 +144,12 @@ def compare_stores(
             f"{data_b}); compare two audits of one data selection"
         )
     ma, mb = a.dataset(schema.METRICS), b.dataset(schema.METRICS)
+    base_a, base_b = (m.attrs.get("metric_baseline", "mean") for m in (ma, mb))
+    if base_a != base_b:
+        raise SalauditError(
+            f"{baseline} was scored under the {base_a} metric baseline, {current} under "
+            f"{base_b}; compare two audits with one metric_baseline"
+        )
     samples = np.intersect1d(ma["sample"].values, mb["sample"].values)
     if samples.size < 2:
         raise SalauditError(
