@@ -115,16 +115,21 @@ def blurred(x: Tensor) -> Tensor:
     return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
 
 
+def check_metric_baseline(kind: str) -> str:
+    """`kind` if it names a metric baseline, else an error naming the choices."""
+    if kind not in METRIC_BASELINES:
+        raise SalauditError(
+            f"metric baseline {kind!r} is unknown; give one of {', '.join(METRIC_BASELINES)}"
+        )
+    return kind
+
+
 def metric_baseline(model: nn.Module, baseline: Tensor | float | str | None, x: Tensor) -> Tensor:
     """What replaces removed pixels of x, broadcastable to x: `mean` (or None) the model's
     baseline colour b (the training data's mean), `zero` 0, `blur` x blurred (`blurred`); a
     number or tensor as given, a (C,) vector as (1, C, 1, 1)."""
     if baseline is None or isinstance(baseline, str):
-        kind = baseline or "mean"
-        if kind not in METRIC_BASELINES:
-            raise SalauditError(
-                f"metric baseline {kind!r} is unknown; give one of {', '.join(METRIC_BASELINES)}"
-            )
+        kind = check_metric_baseline(baseline or "mean")
         if kind == "blur":
             return blurred(x)
         baseline = model.baseline_colour if kind == "mean" else 0.0

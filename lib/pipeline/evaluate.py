@@ -22,13 +22,12 @@ from ..errors import SalauditError
 from ..methods.context import Context
 from ..methods.registry import Method
 from ..metrics.catalogue import Cell, Family, families, per_generator
-from ..metrics.masks import METRIC_BASELINES
+from ..metrics.masks import check_metric_baseline
 from ..metrics.stats import comparisons
 from ..store import schema
 from .explain import reopen
 from .run import Run
 
-BASELINE_ATTR = "metric_baseline"  # the metrics group's attribute
 NEXT_STAGE = {
     "attacks": "salaudit attack --store {url} --attacks topk@grad,mass-center@grad,target@grad",
     "prediction": "salaudit attack --store {url} --attacks pgd",
@@ -120,14 +119,10 @@ def metrics_baseline(store, baseline: str | None) -> str:
     than the stored one is refused: one metrics group holds one baseline's scores."""
     held = None
     if store.has(schema.METRICS):
-        held = store.node(schema.METRICS).attrs.get(BASELINE_ATTR)
-        if held is None and store.arrays(schema.METRICS):
-            held = "mean"  # a store scored before the baseline was a choice
-    chosen = baseline or held or "mean"
-    if chosen not in METRIC_BASELINES:
-        raise SalauditError(
-            f"metric baseline {chosen!r} is unknown; give one of {', '.join(METRIC_BASELINES)}"
-        )
+        attrs = store.node(schema.METRICS).attrs
+        if schema.METRIC_BASELINE in attrs or store.arrays(schema.METRICS):
+            held = schema.metric_baseline_of(attrs)
+    chosen = check_metric_baseline(baseline or held or "mean")
     if held and chosen != held:
         raise SalauditError(
             f"store {store.url} holds metrics under the {held} baseline, this evaluation asks "
@@ -157,7 +152,7 @@ def layout_metrics(ev: Evaluation) -> None:
     store, run = ev.run.store, ev.run
     shard, group = store.attrs()["shard_size"], schema.METRICS
     store.require_coordinate(group, "sample", run.samples)
-    store.root().require_group(group).attrs[BASELINE_ATTR] = ev.baseline
+    store.root().require_group(group).attrs[schema.METRIC_BASELINE] = ev.baseline
     store.require_labels(group, "method", [m.name for m in ev.methods])
     if any(f.dim == "attack" for f in ev.families):
         store.require_labels(group, "attack", ev.attacks)

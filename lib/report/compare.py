@@ -144,7 +144,7 @@ def compare_stores(
             f"{data_b}); compare two audits of one data selection"
         )
     ma, mb = a.dataset(schema.METRICS), b.dataset(schema.METRICS)
-    base_a, base_b = (m.attrs.get("metric_baseline", "mean") for m in (ma, mb))
+    base_a, base_b = (schema.metric_baseline_of(m.attrs) for m in (ma, mb))
     if base_a != base_b:
         raise SalauditError(
             f"{baseline} was scored under the {base_a} metric baseline, {current} under "

@@ -153,7 +153,7 @@ def _metric_baseline(audit: Contents) -> str:
     metrics = audit.group(schema.METRICS)
     if metrics is None:
         return "none (no metrics)"
-    kind = metrics.attrs.get("metric_baseline", "mean")
+    kind = schema.metric_baseline_of(metrics.attrs)
     return {"mean": "mean (the data's mean colour)", "blur": "blur (the image blurred)"}.get(
         kind, kind
     )

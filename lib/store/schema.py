@@ -113,6 +113,15 @@ def layout_marker(path: str) -> str:
     return join("layout", path)
 
 
+METRIC_BASELINE = "metric_baseline"  # the metrics group's attribute: what replaced pixels
+
+
+def metric_baseline_of(attrs) -> str:
+    """The metric baseline a metrics group's scores were computed under (`mean` for a group
+    scored before the baseline was a choice)."""
+    return attrs.get(METRIC_BASELINE, "mean")
+
+
 def metric_marker(family: str, who: str, attack_name: str | None = None) -> str:
     """The done-marker of one metric family's cells of method (or generator) `who`."""
     return join(METRICS, family, who, attack_name or "")
