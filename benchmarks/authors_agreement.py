@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robust_choices import default_images  # benchmarks/ is on the path
+from common import Output  # benchmarks/ is on the path
+from robust_choices import default_images
 from torch import nn
 
 from salaudit.methods.context import Context
@@ -150,8 +151,8 @@ def relex_part(path: Path | None, n: int, emit) -> None:
 
 
 FOOLBOX_HOW = (
-    "skipped: foolbox is not installed; pip install foolbox==3.3.4 (the version the authors' "
-    "zifanw/boundary uses) and pass --foolbox"
+    "skipped: pass --foolbox, with foolbox installed (pip install foolbox==3.3.4, the version "
+    "the authors' zifanw/boundary uses)"
 )
 
 
@@ -222,12 +223,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    lines: list[str] = []
-
-    def emit(*text: str) -> None:
-        print("\n".join(text), flush=True)
-        lines.extend(text)
-
+    emit = Output(args.out)
     emit(
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads; torch "
         f"{torch.__version__}; {date.today()}; the default model, the first {args.images} "
@@ -236,8 +232,7 @@ def main() -> None:
     )
     relex_part(args.relex, args.images, emit)
     cw_part(args.foolbox, args.images, emit)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    emit.write()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,24 @@ def floor(model, device, layer=None, seconds=2.0, batches=BATCHES) -> tuple[floa
 
 
 @dataclass
+class Output:
+    """A benchmark's markdown: each call prints its lines and keeps them; `write` saves them
+    to `out` (nothing where it is None)."""
+
+    out: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def __call__(self, *text: str) -> None:
+        print("\n".join(text), flush=True)
+        self.lines.extend(text)
+
+    def write(self) -> None:
+        if self.out:
+            with open(self.out, "w") as f:
+                f.write("\n".join(self.lines) + "\n")
+
+
+@dataclass
 class Bench:
     """The default model on `images` seeded test images, their targets and sample keys."""
 

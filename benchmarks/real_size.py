@@ -31,7 +31,7 @@ import torch
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import floor, timed  # noqa: E402
+from common import Output, floor, timed  # noqa: E402
 
 from salaudit.attacks.catalogue import attack_info, attack_params, parse_attack  # noqa: E402
 from salaudit.attacks.explanation import GHORBANI  # noqa: E402
@@ -317,12 +317,7 @@ def main() -> None:
     device = torch.device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     machine = gpu or f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    lines: list[str] = []
-
-    def emit(*text: str) -> None:
-        print("\n".join(text), flush=True)
-        lines.extend(text)
-
+    emit = Output(args.out)
     emit(
         f"Machine: {machine}; torch {torch.__version__}; {date.today()}; {args.images} random "
         f"224x224 images; precision {args.precision}.",
@@ -330,8 +325,7 @@ def main() -> None:
     )
     for arch in args.archs.split(","):
         bench_arch(arch, args, emit)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    emit.write()
 
 
 if __name__ == "__main__":
