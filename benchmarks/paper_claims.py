@@ -36,6 +36,7 @@ from salaudit.pipeline.attack import attack
 from salaudit.pipeline.evaluate import evaluate
 from salaudit.pipeline.explain import explain
 from salaudit.pipeline.spec import DEFAULT_DECOYS, parse_spec
+from salaudit.store.schema import metric_baseline_of
 
 BASES = ("grad", "ig", "smoothgrad")
 DANCE = tuple(f"dance-{b}" for b in BASES)
@@ -193,7 +194,7 @@ def report(args, store: str, seconds: float) -> str:
         b: xr.open_zarr(scored_store(store, b), group="metrics", chunks=None) for b in BASELINES
     }
     for b, ds in scored.items():
-        assert ds.attrs["metric_baseline"] == b, (b, ds.attrs)
+        assert metric_baseline_of(ds.attrs) == b, (b, ds.attrs)
     words = ", ".join(f"`{b}` ({BASELINE_WORDS[b]})" for b in BASELINES)
     parts = [
         "# Paper claims on the default model\n",
