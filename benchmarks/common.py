@@ -94,7 +94,7 @@ class Bench:
     target: torch.Tensor = field(init=False)
     keys: list[str] = field(init=False)
     micro_batch: int = field(init=False)
-    lines: list[str] = field(default_factory=list)
+    output: Output = field(init=False)
 
     def __post_init__(self):
         self.model = load_model("builtin:digit-scenes-cnn", device=self.device)
@@ -105,6 +105,7 @@ class Bench:
             self.target = self.model(self.x).argmax(1)
         self.keys = [f"0/{int(i)}" for i in idx]
         self.micro_batch = micro_batch_size(self.model, self.device)
+        self.output = Output(self.out)
 
     @classmethod
     def from_args(cls, doc: str, images: int) -> Bench:
@@ -138,10 +139,7 @@ class Bench:
         )
 
     def _emit(self, *lines: str) -> None:
-        print("\n".join(lines), flush=True)
-        self.lines.extend(lines)
+        self.output(*lines)
 
     def write(self) -> None:
-        if self.out:
-            with open(self.out, "w") as f:
-                f.write("\n".join(self.lines) + "\n")
+        self.output.write()
