@@ -5,12 +5,27 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from salaudit.inputs.models import load_model
+from salaudit.methods.context import Context
+from salaudit.methods.registry import get_method, registry
 from salaudit.pipeline.audit import audit_direct
 from salaudit.pipeline.estimate import _full_seconds, _full_size_call, _probe, estimate
 from salaudit.pipeline.spec import parse_spec
 from salaudit.store.store import Store
+
+# small parameters of the methods whose rows their parameters fix
+FIXED_PARAMS = {
+    "ig": {"n_steps": 3},
+    "intuniform": {"n_steps": 3},
+    "smoothgrad": {"n_samples": 3},
+    "vargrad": {"n_samples": 2},
+    "sgrange": {"n_samples": 2},
+    "expgrad": {"n_samples": 3},
+    "relex": {"iterations": 2, "n_noise": 3},
+}
 
 
 def _folder(root, n: int = 3) -> str:
@@ -71,6 +86,42 @@ def test_a_large_input_is_counted_shrunk_with_the_full_size_rows(tmp_path, metho
     assert shrunk.rows == full.rows  # no early exits: the same rows at any size
     assert shrunk.rows["maps"] == sum({"grad": 1, "ig": 4, "smoothgrad": 25}[m] for m in methods)
     assert all(s > 0 for s in shrunk.seconds.values())
+
+
+@pytest.mark.parametrize("name", [n for n, info in registry().items() if info.rows])
+def test_a_method_with_fixed_rows_sends_exactly_those_rows_through_the_model(name):
+    model = load_model("python:support:untrained_cnn")
+    method = get_method(name, FIXED_PARAMS.get(name, {})).resolved(model)
+    x, target = torch.rand(3, 3, 32, 32), torch.tensor([0, 4, 9])
+    rows = []
+    hook = model.register_forward_pre_hook(lambda _m, a: rows.append(len(a[0])))
+    try:
+        method(model, x, target, Context(["a", "b", "c"], 4, torch.rand(5, 3, 32, 32)))
+    finally:
+        hook.remove()
+    assert method.fixed_rows > 0 and sum(rows) == 3 * method.fixed_rows
+    if registry()[name].decoys:  # a decoy form's rows depend on the model: counted
+        assert get_method(f"dance-{name}").fixed_rows is None
+
+
+def test_a_large_plan_prices_fixed_methods_and_attacked_maps_without_running_them(tmp_path):
+    # grad's and relex's rows are fixed (priced, not run); pgd's attacked images are explained
+    # again with both, at the maps stage's rows per image for each of its two radii
+    spec = _spec(
+        tmp_path,
+        model="python:support:pooled224",
+        data=_folder(tmp_path / "photos"),
+        methods={"grad": {}, "relex": {"iterations": 3}},
+        radii=[2, 8],
+        metrics=["fidelity"],
+        keep_decoys=False,
+        decoys={},
+    )
+    probe = _probe(spec, 1, sized=True)
+    maps = 1 + 2 * 3 * 8  # grad; relex: kept and removed part of 8 copies, 3 iterations
+    assert probe.shrunk and probe.rows["maps"] == maps
+    assert probe.rows["attack"] > 2 * maps  # the maps again, plus the attack's own rows
+    assert all(s > 0 for s in probe.seconds.values())
 
 
 def test_a_net_that_takes_only_its_own_size_is_counted_at_full_size(tmp_path):

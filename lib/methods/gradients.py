@@ -86,6 +86,18 @@ def _constants(x: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
+def _one(_params: dict) -> int:
+    return 1
+
+
+def _steps(params: dict) -> int:
+    return params["n_steps"]
+
+
+def _samples(params: dict) -> int:
+    return params["n_samples"]
+
+
 def grad_path(x: Tensor, ctx: Context, cache: dict | None = None) -> GradientPath:
     """The gradient itself: one row per image at x, pre(x) = 1."""
     one, zero = _constants(x)
@@ -144,21 +156,21 @@ def smoothgrad_path(
     return GradientPath(n_samples, point, one, zero)
 
 
-@register("grad", decoys=True, path=grad_path)
+@register("grad", decoys=True, path=grad_path, rows=_one)
 def grad(model: PixelModel, x: Tensor, target: Tensor, ctx: Context | None = None) -> Tensor:
     """Signed gradient of the target logit w.r.t. the input."""
     ctx = ctx or Context()
     return grad_path(x, ctx).map(model, x, target, ctx)
 
 
-@register("gradxinput", decoys=True, path=gradxinput_path)
+@register("gradxinput", decoys=True, path=gradxinput_path, rows=_one)
 def gradxinput(model: PixelModel, x: Tensor, target: Tensor, ctx: Context | None = None) -> Tensor:
     """Gradient times input."""
     ctx = ctx or Context()
     return gradxinput_path(x, ctx).map(model, x, target, ctx)
 
 
-@register("ig", decoys=True, path=ig_path)
+@register("ig", decoys=True, path=ig_path, rows=_steps)
 def ig(
     model: PixelModel,
     x: Tensor,
@@ -222,18 +234,18 @@ def _noisy(stat: str, name: str, doc: str) -> Callable[..., Tensor]:
     return method
 
 
-smoothgrad = register("smoothgrad", decoys=True, path=smoothgrad_path)(
+smoothgrad = register("smoothgrad", decoys=True, path=smoothgrad_path, rows=_samples)(
     _noisy("mean", "smoothgrad", "Mean gradient over noisy copies (SmoothGrad).")
 )
-vargrad = register("vargrad", decoys=True)(
+vargrad = register("vargrad", decoys=True, rows=_samples)(
     _noisy("var", "vargrad", "Variance of the SmoothGrad gradients (VarGrad).")
 )
-sgrange = register("sgrange", decoys=True)(
+sgrange = register("sgrange", decoys=True, rows=_samples)(
     _noisy("range", "sgrange", "Range (max - min) of the SmoothGrad gradients.")
 )
 
 
-@register("expgrad", decoys=True, needs_references=True)
+@register("expgrad", decoys=True, needs_references=True, rows=_samples)
 def expgrad(
     model: PixelModel,
     x: Tensor,
@@ -264,7 +276,7 @@ def expgrad(
     return weighted_gradient_sum(model, target, len(x), n_samples, point, ctx, x)
 
 
-@register("intuniform", decoys=True)
+@register("intuniform", decoys=True, rows=_steps)
 def intuniform(
     model: PixelModel, x: Tensor, target: Tensor, ctx: Context | None = None, n_steps: int = 50
 ) -> Tensor:
@@ -276,7 +288,7 @@ def intuniform(
     return ig(model, x, target, ctx, n_steps=n_steps, baseline=baseline)
 
 
-@register("gradcam", decoys=True)
+@register("gradcam", decoys=True, rows=_one)
 def gradcam(
     model: PixelModel,
     x: Tensor,

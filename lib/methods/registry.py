@@ -56,7 +56,9 @@ class MethodInfo:
     gradients, see `differentiable`), so it can be attacked; None if it has none. `references`:
     the methods its paired tests compare it with. `mask`: its map is a mask in [0, 1], used as
     it is where metrics need a mask. `needs_references`: it draws baselines from the data's
-    reference images (expected gradients)."""
+    reference images (expected gradients). `rows`: the gradient rows through the model per
+    image, where its parameters fix them (`params -> rows`; `salaudit plan` prices such a
+    method without running it); None where they depend on the model."""
 
     name: str
     fn: Callable[..., torch.Tensor] = field(repr=False)
@@ -68,6 +70,7 @@ class MethodInfo:
     references: tuple[str, ...] = ()
     mask: bool = False
     needs_references: bool = False
+    rows: Callable[[dict], int] | None = field(default=None, repr=False)
 
     @property
     def defaults(self) -> dict:
@@ -145,6 +148,14 @@ class Method:
         if self.boundary:
             out["boundary"] = self.boundary.params()
         return out
+
+    @property
+    def fixed_rows(self) -> int | None:
+        """Gradient rows through the model per image where the parameters fix them (a base
+        method with `rows`, neither decoys nor a boundary search), else None."""
+        if self.info.rows is None or self.decoys is not None or self.boundary is not None:
+            return None
+        return self.info.rows({**self.info.defaults, **self.params})
 
     def base_call(self, model: PixelModel, x, target, ctx: Context) -> torch.Tensor:
         if self.boundary is None:

@@ -55,7 +55,12 @@ def sized(params: dict, model: PixelModel) -> dict:
 
 
 @register(
-    "relex", family="relex", mask=True, references=("grad", "ig", "smoothgrad"), resolve=sized
+    "relex",
+    family="relex",
+    mask=True,
+    references=("grad", "ig", "smoothgrad"),
+    resolve=sized,
+    rows=lambda p: 2 * p["iterations"] * p["n_noise"],  # kept and removed part of each copy
 )
 def relex(
     model: PixelModel,

@@ -5,34 +5,40 @@ shard, chunks per shard or, for decoy populations, per sample).
 
 Small inputs (at most SHRUNK_SIDE pixels a side, the default) are calibrated by running every
 stage on one sample and on a few, so each stage has a cost per shard (one call's fixed part)
-and per sample. Large ones (224x224) would take minutes a sample at full size, so every stage
-runs on one sample with the net's input shrunk to SHRUNK_SIDE pixels (the searches that stop
-early stop as the shrunk model lets them) except for a few calls, spread over the stage, at
-full size: the stage's rows are counted, and its seconds at full size are its own plus what
-each row costs more at full size, as the nearest full-size call measured (no fixed part: at
-that size it is negligible)."""
+and per sample. Large ones (224x224) would take minutes a sample at full size, so they are
+calibrated on one sample in seconds (`_counted_and_timed`): methods whose rows their
+parameters fix are priced, not run; an attack's recomputed maps cost what the maps stage
+cost; the rest runs with the net's input shrunk to SHRUNK_SIDE pixels (the searches that stop
+early stop as the shrunk model lets them), its rows priced at what each kind of pass costs
+more at full size, timed once a kind (no fixed part: at that size it is negligible)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..engine.layers import LayerReached
 from ..inputs.models import PixelModel
+from ..store import schema
 from ..store.schema import MARKERS
 from ..store.store import Store
-from .audit import AuditPlan, Unit, finish, prepare_audit, run_unit, unit_shards
+from .audit import AuditPlan, Stage, Unit, finish, prepare_audit, run_unit, unit_shards
+from .explain import write_map
 from .run import Run
 from .spec import AuditSpec, StoreSpec
 
 PROBE_SAMPLES = 4  # the larger calibration of small inputs (the smaller is one sample)
 SHRUNK_SIDE = 32  # pixels: larger inputs are calibrated shrunk to this but for a few calls
+SHRUNK_MICRO_BATCH = 64  # rows a shrunk calibration's micro-batch may grow to
+CPU_SIDE_ROWS = 4  # rows a CPU times a kind of pass on at full size
 # The audit flow's own costs, measured on a 2-core machine by benchmarks/orchestration.py
 # (docs/benchmarks.md, 2026-12-02): its fixed start (the Dask cluster, workers importing torch
 # and loading the model, teardown), 15.8 s, and its cost per submitted unit, about 0.09 s.
@@ -199,46 +205,81 @@ def _shrunk_size(model: PixelModel) -> tuple[int, int] | None:
 
 
 def _full_size_call(index: int) -> bool:
-    """Whether a large input's calibration runs call `index` of a unit at full size: the
+    """Whether a large input's calibration times call `index` of a unit at full size: the
     first and every power of 4 (1, 4, 16, ...), so a few calls sample every part of a unit."""
     return index == 0 or (index & (index - 1) == 0 and index.bit_length() % 2 == 1)
 
 
-@contextmanager
-def _sampled(model: PixelModel, size: tuple[int, int]):
-    """Inside, the net's input is resized to `size` (bilinear, differentiable); before the
-    calls `_full_size_call` picks, their rows also go through the model on their own, at full
-    size and shrunk, forward and (where the call has gradients on) backward, timed. Yields
-    the calls' (rows, seconds a row costs more at full size or None, seconds of the side
-    passes)."""
-    calls: list[tuple[int, float | None, float]] = []
-    side: dict = {"on": False, "size": None}
+class _RowCosts:
+    """Seconds a row costs through the net, at full size and shrunk, by the kind of pass
+    (gradients on or off, run to the end or stopped at a layer), each kind timed once on at
+    most CPU_SIDE_ROWS rows on a CPU (where a row's cost hardly depends on the batch) or on
+    the call's rows on a GPU."""
 
-    def timed(x: torch.Tensor, to: tuple[int, int] | None) -> float:
-        side["size"], start = to, time.perf_counter()
+    def __init__(self, model: PixelModel, size: tuple[int, int]):
+        self.model, self.size = model, size
+        self.costs: dict[tuple[bool, bool], tuple[float, float]] = {}
+        self.active = False  # inside a timed pass: its calls are not counted
+        self.to: tuple[int, int] | None = size  # the size the net's input is resized to
+
+    def _timed(self, x: torch.Tensor, to: tuple[int, int] | None) -> tuple[float, bool]:
+        """Seconds of one pass of `x` resized to `to` (None: full size), and whether it
+        stopped at a layer (DANCE's passes run that far)."""
+        self.to, start, stopped = to, time.perf_counter(), False
         grads = torch.is_grad_enabled()
         x = x.detach().requires_grad_(grads)
-        with suppress(LayerReached):  # a pass that stops at a layer (DANCE's) runs that far
-            out = model(x)
+        try:
+            out = self.model(x)
             if grads:
                 torch.autograd.grad(out.sum(), x)
-        return time.perf_counter() - start
+        except LayerReached:
+            stopped = True
+        finally:
+            self.to = self.size
+        return time.perf_counter() - start, stopped
+
+    def sample(self, x: torch.Tensor) -> tuple[float, float]:
+        """(seconds a row of `x`'s kind costs more at full size, seconds spent timing)."""
+        rows = x if x.is_cuda else x[:CPU_SIDE_ROWS]
+        self.active = True
+        try:
+            small, stopped = self._timed(rows, self.size)
+            key = (torch.is_grad_enabled(), stopped)
+            spent = small
+            if key not in self.costs:
+                full, _ = self._timed(rows, None)
+                self.costs[key] = (full / len(rows), small / len(rows))
+                spent += full
+        finally:
+            self.active = False
+        full_row, small_row = self.costs[key]
+        return max(0.0, full_row - small_row), spent
+
+    def gradient_row(self, like: torch.Tensor) -> float:
+        """Seconds of one gradient row at full size (timed if no call has timed one)."""
+        if (True, False) not in self.costs:
+            with torch.enable_grad():
+                self.sample(like)
+        return self.costs[(True, False)][0]
+
+
+@contextmanager
+def _sampled(model: PixelModel, costs: _RowCosts):
+    """Inside, the net's input is resized to `costs.size` (bilinear, differentiable); the calls
+    `_full_size_call` picks are priced at full size by `costs`. Yields the calls' (rows,
+    seconds a row costs more at full size or None, seconds spent timing)."""
+    calls: list[tuple[int, float | None, float]] = []
 
     def count(_module, args):
-        if side["on"]:
+        if costs.active:
             return
         x, extra, spent = args[0], None, 0.0
         if _full_size_call(len(calls)):
-            side["on"] = True
-            try:
-                full, small = timed(x, None), timed(x, size)
-                extra, spent = max(0.0, full - small) / len(x), full + small
-            finally:
-                side["on"] = False
+            extra, spent = costs.sample(x)
         calls.append((len(x), extra, spent))
 
     def shrink(_module, args):
-        to = side["size"] if side["on"] else size
+        to = costs.to
         return None if to is None else (F.interpolate(args[0], size=to, mode="bilinear"), *args[1:])
 
     handles = [model.register_forward_pre_hook(count), model.net.register_forward_pre_hook(shrink)]
@@ -250,29 +291,81 @@ def _sampled(model: PixelModel, size: tuple[int, int]):
 
 
 def _counted_and_timed(run: Run, plan: AuditPlan, size: tuple[int, int]) -> tuple[dict, dict]:
-    """Per stage: seconds and rows per sample. Every unit runs once on one sample with the net's
-    input shrunk to `size`, a few of its calls also timed at full size and shrunk (`_sampled`);
-    its seconds at full size are `_full_seconds`."""
+    """Per stage: seconds and rows per sample at full size, from one sample. A maps unit of
+    methods whose rows their parameters fix (`Method.fixed_rows`) is priced, not run: its rows
+    at a gradient row's full-size cost (its maps filled with noise for the stages after it).
+    An attack unit runs the attack only: the maps recomputed on its attacked images cost, per
+    image, what the maps stage cost (they are filled with noise). Every other unit runs on the
+    net with its input shrunk to `size`, in micro-batches grown as far as the shrunk rows
+    allow, a few of its calls priced at full size (`_sampled`, `_full_seconds`)."""
+    x = torch.rand(2, *run.model.input_shape, device=run.model.mean.device)
     with torch.enable_grad():  # warm-up: the full-size net's first call not counted
-        x = torch.rand(2, *run.model.input_shape, device=run.model.mean.device)
         torch.autograd.grad(run.model(x.requires_grad_(True)).sum(), x)
+    grown = math.prod(run.model.input_shape[1:]) // math.prod(size)
+    run = dataclasses.replace(
+        run, micro_batch=max(run.micro_batch, min(run.micro_batch * grown, SHRUNK_MICRO_BATCH))
+    )
+    costs = _RowCosts(run.model, size)
     seconds: dict[str, float] = {}
     rows: dict[str, float] = {}
+    maps = [0.0, 0.0]  # the maps stage's seconds and rows (one sample)
     for unit in plan.units():
-        with _sampled(run.model, size) as calls:
-            start = time.perf_counter()
-            run_unit(run, plan, unit)
-            wall = time.perf_counter() - start
-        _add(seconds, unit, _full_seconds(calls, wall))
-        _add(rows, unit, sum(n for n, _, _ in calls))
+        fixed = _fixed_rows(run, unit)
+        if fixed is not None:
+            _fill(run, plan, unit)
+            spent, counted = fixed * costs.gradient_row(x), fixed
+        else:
+            if unit.stage is Stage.ATTACK:
+                _fill(run, plan, unit)  # the attacked images' maps: priced below
+            with _sampled(run.model, costs) as calls:
+                start = time.perf_counter()
+                run_unit(run, plan, unit)
+                wall = time.perf_counter() - start
+            spent, counted = _full_seconds(calls, wall), sum(n for n, _, _ in calls)
+        if unit.stage is Stage.MAPS:
+            maps = [maps[0] + spent, maps[1] + counted]
+        elif unit.stage is Stage.ATTACK:
+            job = next(a for a in plan.attacks if a.name == unit.group)
+            images = len(job.labels) if job.labels else 1
+            spent, counted = spent + images * maps[0], counted + images * maps[1]
+        _add(seconds, unit, spent)
+        _add(rows, unit, counted)
     return seconds, rows
+
+
+def _fixed_rows(run: Run, unit: Unit) -> int | None:
+    """Rows a sample of a maps unit takes where every method's parameters fix them."""
+    if unit.stage is not Stage.MAPS:
+        return None
+    each = [m.fixed_rows for m in run.methods if m.name in unit.names]
+    return None if not each or None in each else sum(each)
+
+
+def _fill(run: Run, plan: AuditPlan, unit: Unit) -> None:
+    """Mark a maps unit's maps, or an attack unit's recomputed maps, done, filled with noise:
+    what the stages after them read (their values do not change what those stages cost)."""
+    rng = np.random.default_rng(0)
+    for start, stop in plan.shards(unit):
+        if unit.stage is Stage.MAPS:
+            for m in (m for m in run.methods if m.name in unit.names):
+                shape = run.store.node(schema.map_path(m.name)).shape[1:]
+                write_map(run, m, start, stop, torch.from_numpy(_noise(rng, stop - start, shape)))
+            continue
+        reads = (schema.inputs(), schema.attack(unit.group))
+        for m in run.methods:
+            path = schema.attack_map(unit.group, m.name)
+            run.store.write(path, start, _noise(rng, stop - start, run.store.node(path).shape[1:]))
+            run.store.mark_done(path, start, stop, reads)
+
+
+def _noise(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.standard_normal((n, *shape), dtype=np.float32)
 
 
 def _full_seconds(calls: list[tuple[int, float | None, float]], wall: float) -> float:
     """A unit's seconds at full size from its calls (rows, extra seconds a row at full size
-    where measured, seconds of the side passes) and its `wall` time: the wall time less the
-    side passes, plus each call's rows times the extra cost measured at the nearest sampled
-    call before it."""
+    where measured, seconds spent timing) and its `wall` time: the wall time less the timing,
+    plus each call's rows times the extra cost measured at the nearest sampled call before it."""
     total, extra = wall, 0.0
     for n, measured, spent in calls:
         extra = extra if measured is None else measured

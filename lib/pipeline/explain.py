@@ -265,7 +265,7 @@ def run_maps(run: Run, start: int, stop: int, on_method: Callable[[str], None] |
     for m in plain:
         if m in todo:
             ctx = Context(run.keys(start, stop, m.name), run.micro_batch, run.references, extra)
-            _write_map(run, m, start, stop, m(run.model, x, target, ctx))
+            write_map(run, m, start, stop, m(run.model, x, target, ctx))
             done.append(m.name)
         tick(m.name)
     for cfg in run.decoy_configs():
@@ -305,7 +305,7 @@ def _run_decoy_methods(run, cfg, x, target, start, stop, tick) -> list[str]:
             run.store.mark_done(schema.decoy_saliency(g, base), start, stop, (schema.inputs(),))
         for m in users:
             if m in todo:
-                _write_map(run, m, start, stop, m.aggregate(maps))
+                write_map(run, m, start, stop, m.aggregate(maps))
                 computed.append(m.name)
             tick(m.name)
     return computed
@@ -337,7 +337,7 @@ def method_maps(model, methods: list[Method], x, target, context: Callable[[str]
                     yield m, m.aggregate(population)
 
 
-def _write_map(run: Run, m: Method, start: int, stop: int, values: torch.Tensor) -> None:
+def write_map(run: Run, m: Method, start: int, stop: int, values: torch.Tensor) -> None:
     """A method's maps of a region; its marker says it read the inputs (and the boundary)."""
     reads = (schema.inputs(), *((schema.boundary(),) if m.boundary else ()))
     maps = values.detach().float().cpu().numpy()
