@@ -528,8 +528,9 @@ def _plan(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     est = estimate(spec, n, workers or 1, threads)
     how = (
-        f"one sample, the net's input shrunk to {SHRUNK_SIDE} px but for a few calls of each "
-        "stage at full size"
+        f"one sample: methods whose parameters fix their rows priced, attacked maps at the maps "
+        f"stage's cost, the rest on the net's input shrunk to {SHRUNK_SIDE} px, each kind of "
+        "pass timed once at full size"
         if est.shrunk
         else f"every stage run on 1 sample, then {PROBE_SAMPLES}"
     )
@@ -558,6 +559,7 @@ def _plan(args: argparse.Namespace) -> None:
     print(
         f"  storage: about {_size(est.stored_bytes)} in {est.objects:,} objects as written"
         + (" (decoy populations kept)" if spec.keep_decoys else "")
+        + ("; the maps it priced without computing count as incompressible" if est.shrunk else "")
     )
 
 

@@ -214,7 +214,7 @@ class _RowCosts:
     """Seconds a row costs through the net, at full size and shrunk, by the kind of pass
     (gradients on or off, run to the end or stopped at a layer), each kind timed once on at
     most CPU_SIDE_ROWS rows on a CPU (where a row's cost hardly depends on the batch) or on
-    the call's rows on a GPU."""
+    the call's rows on a GPU, the better of two passes."""
 
     def __init__(self, model: PixelModel, size: tuple[int, int]):
         self.model, self.size = model, size
@@ -223,20 +223,18 @@ class _RowCosts:
         self.to: tuple[int, int] | None = size  # the size the net's input is resized to
 
     def _timed(self, x: torch.Tensor, to: tuple[int, int] | None) -> tuple[float, bool]:
-        """Seconds of one pass of `x` resized to `to` (None: full size), and whether it
-        stopped at a layer (DANCE's passes run that far)."""
-        self.to, start, stopped = to, time.perf_counter(), False
+        """Seconds of one pass of `x` resized to `to` (None: full size), the better of two,
+        and whether it stopped at a layer (DANCE's passes: forward and backward that far)."""
+        self.to, best, stopped = to, math.inf, False
         grads = torch.is_grad_enabled()
-        x = x.detach().requires_grad_(grads)
         try:
-            out = self.model(x)
-            if grads:
-                torch.autograd.grad(out.sum(), x)
-        except LayerReached:
-            stopped = True
+            for _ in range(2):
+                start = time.perf_counter()
+                stopped = _pass(self.model, x.detach().requires_grad_(grads))
+                best = min(best, time.perf_counter() - start)
         finally:
             self.to = self.size
-        return time.perf_counter() - start, stopped
+        return best, stopped
 
     def sample(self, x: torch.Tensor) -> tuple[float, float]:
         """(seconds a row of `x`'s kind costs more at full size, seconds spent timing)."""
@@ -255,6 +253,22 @@ class _RowCosts:
         full_row, small_row = self.costs[key]
         return max(0.0, full_row - small_row), spent
 
+    @contextmanager
+    def shrinking(self):
+        """Inside, the net's input is resized to `self.to` (bilinear, differentiable)."""
+
+        def shrink(_module, args):
+            to = self.to
+            if to is None:
+                return None
+            return (F.interpolate(args[0], size=to, mode="bilinear"), *args[1:])
+
+        handle = self.model.net.register_forward_pre_hook(shrink)
+        try:
+            yield
+        finally:
+            handle.remove()
+
     def gradient_row(self, like: torch.Tensor) -> float:
         """Seconds of one gradient row at full size (timed if no call has timed one)."""
         if (True, False) not in self.costs:
@@ -263,31 +277,49 @@ class _RowCosts:
         return self.costs[(True, False)][0]
 
 
+def _pass(model: PixelModel, x: torch.Tensor) -> bool:
+    """A forward pass of `x` and, with gradients on, its backward (from the layer where a
+    truncated pass stops: the last output any module gave); returns whether it stopped."""
+    last: dict = {}
+
+    def keep(_module, _args, output):  # a global hook runs before the layer's own, which stops
+        last["output"] = output
+
+    handle = torch.nn.modules.module.register_module_forward_hook(keep)
+    try:
+        out, stopped = model(x), False
+    except LayerReached:
+        out, stopped = last["output"], True
+    finally:
+        handle.remove()
+    if x.requires_grad:
+        torch.autograd.grad(out.float().sum(), x)
+    return stopped
+
+
 @contextmanager
 def _sampled(model: PixelModel, costs: _RowCosts):
-    """Inside, the net's input is resized to `costs.size` (bilinear, differentiable); the calls
-    `_full_size_call` picks are priced at full size by `costs`. Yields the calls' (rows,
-    seconds a row costs more at full size or None, seconds spent timing)."""
+    """Inside, the calls `_full_size_call` picks, and each call whose rows or gradient mode
+    differ from the call before, are priced at full size by `costs`. Yields
+    the calls' (rows, seconds a row costs more at full size or None, seconds spent timing)."""
     calls: list[tuple[int, float | None, float]] = []
+    last: list = [None]  # the previous call's rows and gradient mode
 
     def count(_module, args):
         if costs.active:
             return
         x, extra, spent = args[0], None, 0.0
-        if _full_size_call(len(calls)):
+        kind = (len(x), torch.is_grad_enabled())
+        if _full_size_call(len(calls)) or kind != last[0]:  # and where a unit's calls change
             extra, spent = costs.sample(x)
+        last[0] = kind
         calls.append((len(x), extra, spent))
 
-    def shrink(_module, args):
-        to = costs.to
-        return None if to is None else (F.interpolate(args[0], size=to, mode="bilinear"), *args[1:])
-
-    handles = [model.register_forward_pre_hook(count), model.net.register_forward_pre_hook(shrink)]
+    handle = model.register_forward_pre_hook(count)
     try:
         yield calls
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
 
 
 def _counted_and_timed(run: Run, plan: AuditPlan, size: tuple[int, int]) -> tuple[dict, dict]:
@@ -298,7 +330,7 @@ def _counted_and_timed(run: Run, plan: AuditPlan, size: tuple[int, int]) -> tupl
     image, what the maps stage cost (they are filled with noise). Every other unit runs on the
     net with its input shrunk to `size`, in micro-batches grown as far as the shrunk rows
     allow, a few of its calls priced at full size (`_sampled`, `_full_seconds`)."""
-    x = torch.rand(2, *run.model.input_shape, device=run.model.mean.device)
+    x = torch.rand(CPU_SIDE_ROWS, *run.model.input_shape, device=run.model.mean.device)
     with torch.enable_grad():  # warm-up: the full-size net's first call not counted
         torch.autograd.grad(run.model(x.requires_grad_(True)).sum(), x)
     grown = math.prod(run.model.input_shape[1:]) // math.prod(size)
@@ -308,6 +340,13 @@ def _counted_and_timed(run: Run, plan: AuditPlan, size: tuple[int, int]) -> tupl
     costs = _RowCosts(run.model, size)
     seconds: dict[str, float] = {}
     rows: dict[str, float] = {}
+    with costs.shrinking():
+        _price_units(run, plan, costs, x, seconds, rows)
+    return seconds, rows
+
+
+def _price_units(run, plan, costs: _RowCosts, x: torch.Tensor, seconds: dict, rows: dict) -> None:
+    """Each unit's seconds and rows per sample at full size (`_counted_and_timed`), added."""
     maps = [0.0, 0.0]  # the maps stage's seconds and rows (one sample)
     for unit in plan.units():
         fixed = _fixed_rows(run, unit)
@@ -330,7 +369,6 @@ def _counted_and_timed(run: Run, plan: AuditPlan, size: tuple[int, int]) -> tupl
             spent, counted = spent + images * maps[0], counted + images * maps[1]
         _add(seconds, unit, spent)
         _add(rows, unit, counted)
-    return seconds, rows
 
 
 def _fixed_rows(run: Run, unit: Unit) -> int | None:
