@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn.modules.module import register_module_forward_pre_hook
 
-from salaudit.inputs.models import load_model
+from salaudit.inputs.models import PixelModel, load_model
 from salaudit.methods.context import Context
 from salaudit.methods.registry import get_method, registry
 from salaudit.pipeline.audit import audit_direct
@@ -111,16 +112,27 @@ def test_a_large_plan_prices_fixed_methods_and_attacked_maps_without_running_the
         tmp_path,
         model="python:support:pooled224",
         data=_folder(tmp_path / "photos"),
-        methods={"grad": {}, "relex": {"iterations": 3}},
+        methods={"grad": {}, "relex": {"iterations": 20}},
         radii=[2, 8],
         metrics=["fidelity"],
         keep_decoys=False,
         decoys={},
     )
-    probe = _probe(spec, 1, sized=True)
-    maps = 1 + 2 * 3 * 8  # grad; relex: kept and removed part of 8 copies, 3 iterations
+    ran = []  # rows that went through the model, timing passes included
+
+    def count(module, args):
+        if isinstance(module, PixelModel):
+            ran.append(len(args[0]))
+
+    hook = register_module_forward_pre_hook(count)
+    try:
+        probe = _probe(spec, 1, sized=True)
+    finally:
+        hook.remove()
+    maps = 1 + 2 * 20 * 8  # grad; relex: kept and removed part of 8 copies, 20 iterations
     assert probe.shrunk and probe.rows["maps"] == maps
     assert probe.rows["attack"] > 2 * maps  # the maps again, plus the attack's own rows
+    assert sum(ran) < maps  # none of the 3 x 321 priced rows ran
     assert all(s > 0 for s in probe.seconds.values())
 
 

@@ -135,11 +135,18 @@ def run_attack(run: Run, job: AttackJob, start: int, stop: int) -> list[str]:
         return Context(keys, run.micro_batch, run.references)
 
     for m, maps in method_maps(run.model, todo, flat, rows_target, context):
-        path = schema.attack_map(job.name, m.name)
-        store.write(path, start, maps.detach().float().view(adv.shape).cpu().numpy())
-        store.mark_done(path, start, stop, (schema.inputs(), schema.attack(job.name)))
+        values = maps.detach().float().view(adv.shape).cpu().numpy()
+        write_attack_map(run, job.name, m.name, start, values)
         computed.append(f"{job.name}:{m.name}")
     return computed
+
+
+def write_attack_map(run: Run, attack: str, method: str, start: int, values: np.ndarray) -> None:
+    """A method's maps of the attacked images of samples from `start` on (shaped as the
+    attack's images); its marker says it read the inputs and the attack."""
+    path = schema.attack_map(attack, method)
+    run.store.write(path, start, values)
+    run.store.mark_done(path, start, start + len(values), (schema.inputs(), schema.attack(attack)))
 
 
 def _attack(run: Run, job: AttackJob, x, target, start: int, stop: int) -> AttackResult:

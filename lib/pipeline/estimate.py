@@ -30,6 +30,7 @@ from ..inputs.models import PixelModel
 from ..store import schema
 from ..store.schema import MARKERS
 from ..store.store import Store
+from .attack import write_attack_map
 from .audit import AuditPlan, Stage, Unit, finish, prepare_audit, run_unit, unit_shards
 from .explain import write_map
 from .run import Run
@@ -389,11 +390,9 @@ def _fill(run: Run, plan: AuditPlan, unit: Unit) -> None:
                 shape = run.store.node(schema.map_path(m.name)).shape[1:]
                 write_map(run, m, start, stop, torch.from_numpy(_noise(rng, stop - start, shape)))
             continue
-        reads = (schema.inputs(), schema.attack(unit.group))
         for m in run.methods:
-            path = schema.attack_map(unit.group, m.name)
-            run.store.write(path, start, _noise(rng, stop - start, run.store.node(path).shape[1:]))
-            run.store.mark_done(path, start, stop, reads)
+            shape = run.store.node(schema.attack_map(unit.group, m.name)).shape[1:]
+            write_attack_map(run, unit.group, m.name, start, _noise(rng, stop - start, shape))
 
 
 def _noise(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
