@@ -155,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("init", help="write the default audit spec, commented, to start from")
     i.add_argument("path", nargs="?", default="salaudit.yaml")
+    i.add_argument(
+        "--kind",
+        choices=("image", "tabular"),
+        default="image",
+        help="the embedded default to start from: images (digit scenes) or a table",
+    )
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     n = sub.add_parser("plan", help="print what an audit will do, without running it")
@@ -499,12 +505,12 @@ def _serve(args: argparse.Namespace) -> None:
 def _init(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from salaudit.pipeline.spec import DEFAULT_SPEC
+    from salaudit.pipeline.spec import SPECS
 
     path = Path(args.path)
     if path.exists() and not args.force:
         raise SalauditError(f"{path} exists; pass --force to overwrite it, or name another path")
-    path.write_text(DEFAULT_SPEC)
+    path.write_text(SPECS[args.kind])
     print(f"salaudit: wrote {path}; edit it, then: salaudit plan {path}; salaudit audit {path}")
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import SalauditError
+from ..inputs.kinds import KINDS
 from ..inputs.models import PixelModel
 from ..methods.differentiable import differentiable_methods
 from ..methods.registry import check_params, signature_defaults
@@ -44,7 +45,8 @@ class AttackInfo:
     """A registered attack. `method`: it attacks one method's maps (else the prediction).
     `dim`: the extra per-sample dimension of its results and the parameter holding its labels
     (pgd: radius, from `radii`). `target_image`: it aims at another image's map. `params`:
-    its parameters and their defaults, where its signature does not state them."""
+    its parameters and their defaults, where its signature does not state them. `kinds`: the
+    input kinds it applies to (it runs on the grid of positions, `inputs.kinds`)."""
 
     name: str
     fn: Callable[..., AttackResult] = field(repr=False)
@@ -53,6 +55,7 @@ class AttackInfo:
     labels: str | None = None
     target_image: bool = False
     params: dict | None = None
+    kinds: tuple[str, ...] = KINDS
 
     @property
     def defaults(self) -> dict:

@@ -18,6 +18,7 @@ import torch
 from ..engine.batching import loss_gradient, predictions
 from ..engine.optim import adam, linf_step
 from ..errors import SalauditError
+from ..inputs.kinds import KINDS
 from ..inputs.models import PixelModel
 from ..methods.context import Context
 from ..methods.differentiable import DifferentiableMap, set_beta
@@ -137,7 +138,7 @@ def _best_iterate(model, x, target, ctx, maps, clean, goal, steps, direction, st
 GHORBANI = {"eps": 8.0, "alpha": 0.5, "steps": 300, "beta": 30.0}  # their notebooks' budget
 
 
-def _ghorbani_attack(name: str, objective_of: Callable, doc: str, **own) -> Callable:
+def _ghorbani_attack(name: str, objective_of: Callable, doc: str, kinds=KINDS, **own) -> Callable:
     """Register Ghorbani attack `name`, whose objective is `objective_of(h0, **own)` (`own`:
     its own parameters and their defaults), with the shared budget `GHORBANI`: L_inf ball
     `eps` and step `alpha` (units of 1/255 of the range), `steps`, softplus `beta`."""
@@ -161,7 +162,7 @@ def _ghorbani_attack(name: str, objective_of: Callable, doc: str, **own) -> Call
 
     attack.__name__ = attack.__qualname__ = f"attack_{name.replace('-', '_')}"
     attack.__doc__ = doc
-    return register_attack(name, params=defaults)(attack)
+    return register_attack(name, params=defaults, kinds=kinds)(attack)
 
 
 attack_topk = _ghorbani_attack(
@@ -170,18 +171,18 @@ attack_topk = _ghorbani_attack(
 )  # fmt: skip
 attack_target = _ghorbani_attack(
     "target", _target_objective, "Raise the map's mass inside the bottom-right square of side "
-    "`side` * H.", side=1 / 8,
+    "`side` * H.", kinds=("image",), side=1 / 8,
 )  # fmt: skip
 attack_mass_center = _ghorbani_attack(
     "mass-center", _centre_objective, "Move the map's centre of mass away from the clean one "
-    "(objective: the shift in pixels).",
+    "(objective: the shift in pixels).", kinds=("image",),
 )  # fmt: skip
 
 
 # --- Dombrowski et al. -------------------------------------------------------------------------
 
 
-@register_attack("manipulate", target_image=True)
+@register_attack("manipulate", target_image=True, kinds=("image",))
 def attack_manipulate(
     model: PixelModel,
     x: Tensor,

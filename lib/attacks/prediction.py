@@ -9,7 +9,7 @@ import torch
 
 from ..engine.batching import cross_entropy, loss_gradient, predictions
 from ..engine.keys import keyed_uniform
-from ..engine.optim import linf_step
+from ..engine.optim import linf_step, per_row
 from ..inputs.models import PixelModel
 from ..methods.context import Context
 from .catalogue import AttackResult, pixel_unit, register_attack, result
@@ -38,7 +38,7 @@ def attack_pgd(
     rows_x = x.repeat_interleave(r, 0)
     rows_t = target.repeat_interleave(r, 0)
     eps = (torch.tensor([float(v) for v in radii], device=x.device) * pixel_unit(model)).repeat(n)
-    eps = eps.view(-1, 1, 1, 1)
+    eps = per_row(eps, x)
     lo, hi = model.value_range
     start_keys = [f"{keys[i]}/pgd/{radii[j]}" for i in range(n) for j in range(r)]
     start = keyed_uniform(start_keys, tuple(x.shape[1:]), x.device)

@@ -11,9 +11,9 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def per_row(v: Tensor, like: Tensor | None = None) -> Tensor:
-    """A per-row vector (R,) shaped to broadcast over rows of `like` (default: images)."""
-    return v.view(-1, *[1] * ((like.ndim if like is not None else 4) - 1))
+def per_row(v: Tensor, like: Tensor) -> Tensor:
+    """A per-row vector (R,) shaped to broadcast over the rows of `like`."""
+    return v.view(-1, *[1] * (like.ndim - 1))
 
 
 def row_norm(v: Tensor) -> Tensor:

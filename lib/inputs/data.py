@@ -16,13 +16,14 @@ import torch
 
 from ..errors import SalauditError
 from . import boxes
+from .kinds import kind_of
 from .spec_strings import SpecString
 from .uris import filesystem
 
-DATA_KINDS = ("builtin", "folder", "zarr")
+DATA_KINDS = ("builtin", "folder", "zarr", "csv", "parquet")
 IMAGE_MODES = ("RGB", "L")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-BUILTIN_DATA = ("digit-scenes",)
+BUILTIN_DATA = ("digit-scenes", "breast-cancer")
 
 
 @dataclass
@@ -41,9 +42,10 @@ class Dataset:
 
     spec: str
     num_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]  # one sample's: (C, H, W), a table's (F,), a text's (T, D)
     has_boxes: bool
     class_names: list[str] | None = None  # label i's name, where the data has names
+    feature_names: list[str] | None = None  # a table's column names
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -83,7 +85,10 @@ class Dataset:
 
 
 def check_images(images: torch.Tensor, index: np.ndarray, shape: tuple[int, ...]) -> None:
-    """Refuse images that are not finite pixel-space values in [0, 1] of the expected shape."""
+    """Refuse inputs that are not finite values in [0, 1] of the expected shape (images in
+    pixel space, tables MinMax-scaled)."""
+    if kind_of(tuple(shape)) == "table":
+        return check_table(images, index)
     if tuple(images.shape[1:]) != tuple(shape):
         raise SalauditError(
             f"images have shape {tuple(images.shape[1:])}, expected {tuple(shape)}; "
@@ -101,6 +106,25 @@ def check_images(images: torch.Tensor, index: np.ndarray, shape: tuple[int, ...]
             f"samples {index[out][:10].tolist()} have values in [{lo:.4g}, {hi:.4g}], outside the "
             "pixel range [0, 1]; give images in pixel space (uint8 data divided by 255, before "
             "any normalisation: the model applies its own)"
+        )
+
+
+def check_table(values: torch.Tensor, index: np.ndarray, name: str = "the table") -> None:
+    """Refuse table rows with NaN, infinite or out-of-range features, naming rows and columns."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        rows, cols = torch.nonzero(bad, as_tuple=True)
+        raise SalauditError(
+            f"{name} has NaN or infinite features (rows {index[rows.numpy()][:5].tolist()}, "
+            f"columns {sorted(set(cols.tolist()))[:5]}); impute or drop them first"
+        )
+    out = (values < 0) | (values > 1)
+    if out.any():
+        rows, cols = torch.nonzero(out, as_tuple=True)
+        raise SalauditError(
+            f"{name} has features outside [0, 1] (rows {index[rows.numpy()][:5].tolist()}, "
+            f"columns {sorted(set(cols.tolist()))[:5]}, values in [{values.min():.4g}, "
+            f"{values.max():.4g}]); MinMax-scale every feature to [0, 1], as the papers do"
         )
 
 
@@ -123,10 +147,20 @@ def load_dataset(spec: str) -> Dataset:
     `builtin:digit-scenes[?split=test|train]`; `folder:<path or s3 url>[?resize=N][&crop=N]
     [&mode=RGB|L][&boxes=boxes.json or a folder of VOC XML]` (classes from sub-folders, as
     torchvision's ImageFolder);
-    `zarr:<path or url>[?group=G]` (arrays image, label and optionally bbox).
+    `zarr:<path or url>[?group=G]` (arrays image, label and optionally bbox);
+    `csv:<path or url>[?label=COLUMN]` and `parquet:...` (tables: every other column a feature
+    in [0, 1]).
     """
+    from .tables import user_table
+
     parsed = SpecString.parse(spec, DATA_KINDS, "data")
-    loader = {"builtin": _builtin, "folder": FolderDataset, "zarr": ZarrDataset}[parsed.kind]
+    loader = {
+        "builtin": _builtin,
+        "folder": FolderDataset,
+        "zarr": ZarrDataset,
+        "csv": user_table,
+        "parquet": user_table,
+    }[parsed.kind]
     ds = loader(parsed)
     ds.spec = spec
     return ds
@@ -182,6 +216,10 @@ def _builtin(spec: SpecString) -> Dataset:
     split = spec.take("split", "test")
     if split not in ("train", "test"):
         raise SalauditError(f"builtin:{spec.target} has splits train and test, not {split!r}")
+    if spec.target == "breast-cancer":
+        from .tables import builtin_table
+
+        return builtin_table(split)
     s = digit_scenes(split)
     train_refs = None
     if split == "test":  # expected-gradient baselines come from the training split

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import SalauditError
+from .kinds import from_grid, grid_shape, kind_of, stat_shape, to_grid
 from .spec_strings import SpecString, parse_shape
 from .uris import filesystem
 
@@ -26,10 +28,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PixelModel(nn.Module):
-    """A classifier on pixel-space images in [0, 1] that returns logits.
+    """A classifier on inputs in [0, 1] (images in pixel space, MinMax-scaled tables) that
+    returns logits.
 
-    `mean` and `std` are the network's input normalisation; `mean` doubles as the baseline
-    colour b of METHODS.md. `layers` names default layers per use ("decoy", "cam") as
+    `mean` and `std` are the network's input normalisation (per channel of an image, per
+    feature of a table); `mean` doubles as the baseline b of METHODS.md (an image's mean
+    colour, a table's feature means). `layers` names default layers per use ("decoy", "cam") as
     module paths inside `net`.
     """
 
@@ -39,7 +43,7 @@ class PixelModel(nn.Module):
         self,
         net: nn.Module,
         *,
-        input_shape: tuple[int, int, int],
+        input_shape: tuple[int, ...],
         num_classes: int,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
@@ -48,10 +52,11 @@ class PixelModel(nn.Module):
         class_names: list[str] | None = None,
     ):
         super().__init__()
-        c = input_shape[0]
+        shape = stat_shape(tuple(input_shape))
+        n = math.prod(shape)
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean or (0.0,) * c).view(1, c, 1, 1))
-        self.register_buffer("std", torch.tensor(std or (1.0,) * c).view(1, c, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean or (0.0,) * n).view(shape))
+        self.register_buffer("std", torch.tensor(std or (1.0,) * n).view(shape))
         self.normalised = mean is not None or std is not None
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
@@ -73,8 +78,14 @@ class PixelModel(nn.Module):
         return out.float()
 
     @property
+    def kind(self) -> str:
+        """The input kind: image, table or text (`inputs.kinds`)."""
+        return kind_of(self.input_shape)
+
+    @property
     def baseline_colour(self) -> torch.Tensor:
-        """The data's mean colour (1, C, 1, 1) in pixel space; 0 where unknown."""
+        """The data's mean colour (1, C, 1, 1) in pixel space, or a table's feature means
+        (1, F); 0 where unknown."""
         return self.mean if self.normalised else torch.zeros_like(self.mean)
 
     def layer_names(self) -> list[str]:
@@ -111,10 +122,44 @@ class PixelModel(nn.Module):
             )
         if convs:
             return convs[-1] if use == "cam" else convs[0]
+        linears = [n for n, m in named if isinstance(m, nn.Linear)]
+        if use == "decoy" and len(linears) > 1:
+            return linears[0]  # a dense net's first hidden layer
         raise SalauditError(
             f"model {self.spec} has no default {use} layer; name one of: "
             f"{', '.join(self.layer_names())}"
         )
+
+
+class OnGrid(PixelModel):
+    """A table or text model taking its inputs on the grid of positions (`inputs.kinds`), so
+    that code over positions (decoy masks, kept features, explanation attacks) sees every kind
+    as (channel, y, x); its mean (the baseline b) is the model's, on the grid."""
+
+    def __init__(self, model: PixelModel):
+        nn.Module.__init__(self)
+        self.model = model
+        self.net = model.net
+        self.input_shape = grid_shape(model.input_shape)
+        self.num_classes, self.spec = model.num_classes, model.spec
+        self.normalised, self.default_layers = model.normalised, model.default_layers
+        self.class_names, self.fingerprint = model.class_names, model.fingerprint
+
+    @property
+    def precision(self) -> str:
+        return self.model.precision
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return to_grid(self.model.mean.expand(1, *self.model.input_shape))
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return self.model(from_grid(g, self.model.input_shape))
+
+
+def on_grid(model: PixelModel) -> PixelModel:
+    """`model` on the grid of positions (an image model is its own)."""
+    return model if model.kind == "image" else OnGrid(model)
 
 
 def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
@@ -148,20 +193,34 @@ def digit_scenes_cnn(num_classes: int = 10) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
+def breast_cancer_mlp(features: int = 30, hidden: int = 64, num_classes: int = 2) -> nn.Sequential:
+    """The tabular default's network: a two-layer MLP (as the papers' intrusion MLP), SiLU so
+    that integrated gradients are exact and the attacks can differentiate twice."""
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(features, hidden), act1=nn.SiLU(), fc2=nn.Linear(hidden, num_classes)
+        )
+    )
+
+
 @dataclass(frozen=True)
 class Builtin:
-    """A model salaudit trains itself on builtin data."""
+    """A model salaudit trains itself on builtin data (`epochs` of its training recipe)."""
 
     build: Callable[[], nn.Module]
     data: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     layers: dict[str, str] = field(default_factory=dict)
+    epochs: int = 6
 
 
 BUILTIN_MODELS = {
     "digit-scenes-cnn": Builtin(
         digit_scenes_cnn, "digit-scenes", (3, 32, 32), 10, {"decoy": "pool1", "cam": "act3"}
+    ),
+    "breast-cancer-mlp": Builtin(
+        breast_cancer_mlp, "breast-cancer", (30,), 2, {"decoy": "act1"}, epochs=100
     ),
 }
 TORCHVISION_LAYERS = {
@@ -219,7 +278,7 @@ def _builtin(spec: SpecString, progress: bool) -> PixelModel:
         mean=tuple(ckpt["mean"].tolist()),
         std=tuple(ckpt["std"].tolist()),
         layers=info.layers,
-        class_names=[str(i) for i in range(info.num_classes)],
+        class_names=ckpt.get("classes") or [str(i) for i in range(info.num_classes)],
     )
 
 
@@ -326,16 +385,19 @@ def _python(spec: SpecString, progress: bool) -> PixelModel:
         raise SalauditError(f"python:{spec.target} returned {type(net).__name__}, not a module")
     shape = spec.take("shape") or getattr(net, "input_shape", None)
     if shape is None:
-        raise SalauditError(f"python:{spec.target}: state the input shape with ?shape=CxHxW")
+        raise SalauditError(
+            f"python:{spec.target}: state the input shape with ?shape=CxHxW (an image), "
+            "?shape=F (a table) or ?shape=TxD (tokens by embedding)"
+        )
     shape = parse_shape(shape) if isinstance(shape, str) else tuple(shape)
     try:
         with torch.no_grad():
             out = net.eval()(torch.zeros(1, *shape))
     except Exception as e:
         raise SalauditError(
-            f"python:{spec.target} cannot take images of shape {shape} "
+            f"python:{spec.target} cannot take inputs of shape {shape} "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give the shape it takes "
-            "with ?shape=CxHxW"
+            "with ?shape=CxHxW, ?shape=F or ?shape=TxD"
         ) from None
     names = getattr(net, "classes", None)
     names = [str(n) for n in names] if isinstance(names, list | tuple) else None

@@ -37,10 +37,16 @@ class SpecString:
             )
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """Parse `3x32x32` into (channels, height, width)."""
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse `3x32x32` (channels, height, width), `30` (features) or `50x100` (tokens,
+    embedding)."""
     try:
-        c, h, w = (int(v) for v in text.lower().split("x"))
+        shape = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SalauditError(f"bad shape {text!r}; write it as CxHxW, e.g. 3x32x32") from None
-    return c, h, w
+        shape = ()
+    if not 1 <= len(shape) <= 3 or min(shape) < 1:
+        raise SalauditError(
+            f"bad shape {text!r}; write CxHxW for images (3x32x32), F for tables (30) or TxD "
+            "for tokens by embedding (50x100)"
+        )
+    return shape

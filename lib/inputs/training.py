@@ -15,12 +15,12 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from .kinds import stat_dims, stat_shape
 from .uris import cache_dir
 
 RECIPE_VERSION = "v2"
 TRAIN_THREADS = 2
 TRAIN_SEED = 0
-EPOCHS = 6
 BATCH = 128
 MAX_LR = 0.2
 
@@ -41,19 +41,18 @@ def builtin_checkpoint(name: str, progress: bool = True) -> dict:
 
 def train_builtin(name: str, progress: bool = True) -> dict:
     from .models import BUILTIN_MODELS
-    from .scenes import digit_scenes
 
     info = BUILTIN_MODELS[name]
-    train, test = digit_scenes("train"), digit_scenes("test")
-    x, y = _tensors(train)
-    mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+    x, y, names = _tensors(info.data, "train")
+    dims = stat_dims(info.input_shape)
+    mean, std = x.mean(dim=dims), x.std(dim=dims).clamp_min(1e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
     try:
         torch.manual_seed(TRAIN_SEED)
         net = info.build()
-        _fit(net, _normalised(x, mean, std), y, progress, name)
-        xt, yt = _tensors(test)
+        _fit(net, _normalised(x, mean, std), y, progress, name, info.epochs)
+        xt, yt, _ = _tensors(info.data, "test")
         accuracy = _accuracy(net, _normalised(xt, mean, std), yt)
     finally:
         torch.set_num_threads(threads)
@@ -65,23 +64,31 @@ def train_builtin(name: str, progress: bool = True) -> dict:
         "std": std,
         "test_accuracy": torch.tensor(accuracy),
         "recipe": RECIPE_VERSION,
+        **({"classes": names} if names else {}),
     }
 
 
-def _tensors(scenes) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.from_numpy(scenes.images.copy()).float() / 255
-    return images, torch.from_numpy(scenes.labels.copy())
+def _tensors(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """A builtin data set's split: every input, its labels and the class names."""
+    from .data import load_dataset
+
+    ds = load_dataset(f"builtin:{data}?split={split}")
+    batch = ds.load(np.arange(len(ds)))
+    return batch.image, batch.label, ds.class_names
 
 
 def _normalised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean[:, None, None]) / std[:, None, None]
+    shape = stat_shape(tuple(x.shape[1:]))
+    return (x - mean.view(shape)) / std.view(shape)
 
 
-def _fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: bool, name: str) -> None:
+def _fit(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: bool, name: str, epochs: int
+) -> None:
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(TRAIN_SEED)
-    steps = EPOCHS * int(np.ceil(len(x) / BATCH))
+    steps = epochs * int(np.ceil(len(x) / BATCH))
     opt = torch.optim.SGD(
         net.parameters(), lr=MAX_LR, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
@@ -89,7 +96,7 @@ def _fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: bool, name:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     net.train()
     bar = tqdm(total=steps, desc=f"training builtin:{name}", disable=not progress, unit="batch")
-    for _ in range(EPOCHS):
+    for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), BATCH):
             idx = order[i : i + BATCH]

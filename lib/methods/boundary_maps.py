@@ -29,7 +29,7 @@ def bsm(
     """Boundary-based saliency map: the gradient of the original class's logit at the boundary
     point; NaN for samples whose search failed."""
     out = grad(model, boundary.point, target, ctx or Context())
-    return torch.where(per_row(boundary.success), out, torch.nan)
+    return torch.where(per_row(boundary.success, out), out, torch.nan)
 
 
 @register("big", family="boundary", boundary=True, references=("ig",))
@@ -45,7 +45,7 @@ def big(
     """Boundary-based integrated gradients: IG from the boundary point to x with the `ig`
     quadrature (Gauss-Legendre), 20 steps; NaN for samples whose search failed."""
     out = ig(model, x, target, ctx or Context(), n_steps=n_steps, baseline=boundary.point)
-    return torch.where(per_row(boundary.success), out, torch.nan)
+    return torch.where(per_row(boundary.success, out), out, torch.nan)
 
 
 @register("agi", family="boundary", references=("ig",))

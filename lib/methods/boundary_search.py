@@ -144,13 +144,15 @@ def _refine(model, x, target, point, steps: int, micro_batch: int) -> Tensor:
         g, margin, _ = loss_gradient(model, point, _margin(target, rival), micro_batch)
         # the plane margin + g . (z - point) = 0; its closest point to x
         lam = (margin + (g * (x - point)).flatten(1).sum(1)) / g.flatten(1).pow(2).sum(1)
-        plane = x - per_row(lam.clamp_min(0)) * g
+        plane = x - per_row(lam.clamp_min(0), x) * g
         beyond = (x + 1.01 * (plane - x)).clamp(lo, hi)  # just past the plane
         ok = predictions(model, beyond, micro_batch) != target
-        candidate = _bisect(model, x, target, torch.where(per_row(ok), beyond, point), micro_batch)
+        candidate = _bisect(
+            model, x, target, torch.where(per_row(ok, x), beyond, point), micro_batch
+        )
         # closer by more than float noise: a tie kept, whatever the batch layout's rounding
         closer = ok & (row_norm(candidate - x) < row_norm(point - x) * (1 - TIE))
-        point = torch.where(per_row(closer), candidate, point)
+        point = torch.where(per_row(closer, x), candidate, point)
     return point
 
 
@@ -161,9 +163,9 @@ def _bisect(model, x, target, point, micro_batch, rounds: int = 20) -> Tensor:
     far = torch.ones(len(x), device=x.device)
     for _ in range(rounds):
         mid = (near + far) / 2
-        adv = predictions(model, x + per_row(mid) * (point - x), micro_batch) != target
+        adv = predictions(model, x + per_row(mid, x) * (point - x), micro_batch) != target
         far, near = torch.where(adv, mid, far), torch.where(adv, near, mid)
-    return x + per_row(far) * (point - x)
+    return x + per_row(far, x) * (point - x)
 
 
 def _margin(target: Tensor, rival: Tensor):
@@ -178,7 +180,7 @@ def _random_start(x: Tensor, eps: Tensor, keys: list[str], value_range) -> Tenso
         [torch.rand((), generator=generator(k + "/r", x.device), device=x.device) for k in keys]
     )
     radius = eps * u ** (1 / x[0].numel())
-    return (x + direction * per_row(radius)).clamp(*value_range)
+    return (x + direction * per_row(radius, x)).clamp(*value_range)
 
 
 def _ladder(model, x, target, config, keys, micro_batch, attack, name, below):

@@ -10,6 +10,12 @@ noise generators are the papers' proxies and controls. A base method's maps of t
 the original as one more member of the population, are aggregated per feature by their range
 (or mean).
 
+Tables and texts (P = 1, the papers' settings): a position is a feature or a token's whole
+embedding vector, masks are packed over positions on the grid of `inputs.kinds` (one row of
+positions, a text's embedding as channels), and the constant control fills a mask with the
+data's mean (a table's feature means; a text's mean embedding), not the sample's own mean.
+Blur is defined for images only.
+
 Units: the L1 reward is in units of the pixel range, the representation penalty in units of
 max|F_l(x)| per image; tau is relative to max|F_l(x)| (starts at 1), and lambda (1e4, ICLR
 table A1) weighs the penalty in these normalised units.
@@ -29,7 +35,8 @@ from ..engine.keys import keyed_normal
 from ..engine.layers import forward_to, receptive_field
 from ..engine.optim import adam
 from ..errors import SalauditError
-from ..inputs.models import PixelModel
+from ..inputs.kinds import from_grid, grid_shape, to_grid
+from ..inputs.models import OnGrid, PixelModel, on_grid
 from .context import Context
 
 Tensor = torch.Tensor
@@ -40,18 +47,20 @@ DEFAULT_DECOYS = 32  # the population size from the measured budget table (docs/
 # Adam's step: the budget's masks hold many patches (often closer than a receptive field), and
 # larger steps never settle within eps there (docs/decoys.md); the old rule's small masks take 0.1
 BUDGET_LR, SMALL_MASK_LR = 0.001, 0.1
+IMAGE_PATCH = 3  # P on images (ICLR A1); tables and texts swap single positions (P = 1)
 
 
 @dataclass(frozen=True)
 class DecoyConfig:
     """One decoy configuration; every base method that uses it shares its decoys.
 
-    Masks: `patch` P, `stride` S. With a budget of `decoys` N the population has N decoys, so
-    N / 2 masks for "dance" (N even) and N for the proxies; each mask holds about positions / masks
-    patches, spaced `spacing` apart (None: P + RF - 1, RF the receptive field of `layer`, where
-    the budget has room for that many masks per axis squared, else the largest spacing it has
-    room for). With `decoys` None the old rule holds: `per_mask` m patches per mask (None: as
-    many as keep a mask within `mask_fraction` of the pixels), always spaced P + RF - 1.
+    Masks: `patch` P (None: 3 on images, 1 on tables and texts), `stride` S. With a budget of
+    `decoys` N the population has N decoys, so N / 2 masks for "dance" (N even) and N for the
+    proxies; each mask holds about positions / masks patches, spaced `spacing` apart (None:
+    P + RF - 1, RF the receptive field of `layer`, where the budget has room for that many
+    masks per axis squared, else the largest spacing it has room for). With `decoys` None the
+    old rule holds: `per_mask` m patches per mask (None: as many as keep a mask within
+    `mask_fraction` of the pixels), always spaced P + RF - 1.
     Optimisation ("dance"): Adam with `lr` on the tanh variables (None: 0.001 with a budget,
     whose masks are large, 0.1 for the old rule's small masks), `steps_per_round`
     steps a round, at most `max_rounds` rounds (None: three times the rounds tau needs to reach
@@ -61,7 +70,7 @@ class DecoyConfig:
 
     generator: str = "dance"
     layer: str | None = None
-    patch: int = 3
+    patch: int | None = None
     stride: int = 1
     decoys: int | None = DEFAULT_DECOYS
     spacing: int | None = None
@@ -81,7 +90,7 @@ class DecoyConfig:
             raise SalauditError(
                 f"unknown decoy generator {self.generator!r}; valid: {', '.join(GENERATORS)}"
             )
-        if not 1 <= self.stride <= self.patch:
+        if self.patch is not None and not 1 <= self.stride <= self.patch:
             raise SalauditError(
                 f"decoy stride {self.stride} must be between 1 and the patch size {self.patch} "
                 "so that masks cover every pixel"
@@ -110,11 +119,22 @@ class DecoyConfig:
     def resolved(self, model: PixelModel) -> DecoyConfig:
         """This config with the layer, the spacing and m filled in for `model` (the layer
         checked; a budget the image cannot hold refused)."""
+        if self.patch is None:
+            return replace(self, patch=IMAGE_PATCH if model.kind == "image" else 1).resolved(model)
         layer = self.layer or model.default_layer("decoy")
         model.layer(layer)
-        _, h, w = model.input_shape
+        if model.kind != "image" and (self.generator == "blur" or self.patch != 1):
+            raise SalauditError(
+                f"decoys on {model.kind} inputs swap whole features or tokens (patch 1), and "
+                "blur is defined for images only: use dance, constant or noise decoys with "
+                "patch=1"
+                if self.generator == "blur"
+                else f"decoy patch {self.patch} on {model.kind} inputs: a {model.kind}'s "
+                "positions are single features or tokens, give patch=1 (the papers' P = 1)"
+            )
+        _, h, w = grid_shape(model.input_shape)
         rounds = self.max_rounds or 3 * self.rounds_to_eps() + 20
-        wide = self.patch + max(receptive_field(model, layer)) - 1
+        wide = self.patch + max(receptive_field(on_grid(model), layer)) - 1
         ys, xs = _origins(h, self.patch, self.stride), _origins(w, self.patch, self.stride)
         done = {"layer": layer, "max_rounds": rounds}
         if self.n_masks is None:
@@ -241,7 +261,7 @@ def pack_masks(
 
 def masks_for(model: PixelModel, config: DecoyConfig) -> MaskPacking:
     """The mask plan of a resolved config on `model`'s input size."""
-    _, h, w = model.input_shape
+    _, h, w = grid_shape(model.input_shape)
     return pack_masks(
         h, w, config.patch, config.stride, config.spacing, config.per_mask, config.n_masks
     )
@@ -286,8 +306,13 @@ def population_size(model: PixelModel, config: DecoyConfig) -> int:
 def make_decoys(
     model: PixelModel, x: Tensor, config: DecoyConfig, ctx: Context | None = None
 ) -> Decoys:
-    """The decoys of every image of x under a resolved `config`, all optimised together."""
+    """The decoys of every sample of x under a resolved `config`, all optimised together
+    (tables and texts on their grid of positions, the population returned in x's shape)."""
     ctx = ctx or Context()
+    if model.kind != "image":
+        found = make_decoys(on_grid(model), to_grid(x), config, ctx)
+        found.population = from_grid(found.population, model.input_shape)
+        return found
     plan = masks_for(model, config)
     plan = MaskPacking(plan.masks.to(x.device), plan.index.to(x.device))
     mask_index, sign = (t.to(x.device) for t in members(config.generator, plan.n))
@@ -330,6 +355,8 @@ def _proxy(model: PixelModel, x: Tensor, plan: MaskPacking, config: DecoyConfig,
     if config.generator == "blur":
         k = config.blur_size
         fill = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)[:, None]
+    elif config.generator == "constant" and isinstance(model, OnGrid):
+        fill = model.baseline_colour.expand(1, *x.shape[1:])[:, None]  # the data's mean
     elif config.generator == "constant":
         fill = x.mean(dim=(2, 3), keepdim=True)[:, None].expand(-1, plan.n, -1, *x.shape[2:])
     else:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..engine.batching import row_gradients
 from ..engine.keys import keyed_normal, keyed_uniform
 from ..engine.layers import captured
+from ..engine.optim import per_row
 from ..inputs.models import PixelModel
 from .context import Context
 from .registry import register
@@ -121,8 +122,8 @@ def ig_path(
     delta = x - b
 
     def point(i: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a = alphas[k].view(-1, 1, 1, 1)
-        return b[i] + a * delta[i], a, weights[k].view(-1, 1, 1, 1)
+        a = per_row(alphas[k], x)
+        return b[i] + a * delta[i], a, per_row(weights[k], x)
 
     return GradientPath(n_steps, point, delta, one)
 
@@ -151,7 +152,7 @@ def smoothgrad_path(
     draws, sigma, w = cache["draws"], noise_scale(x, noise), one / n_samples
 
     def point(i: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return x[i] + sigma[i].view(-1, 1, 1, 1) * draws[i, k], one, w
+        return x[i] + per_row(sigma[i], x) * draws[i, k], one, w
 
     return GradientPath(n_samples, point, one, zero)
 
@@ -204,13 +205,13 @@ def noisy_gradient_stats(
             x.device,
         )
         i = i.to(x.device)
-        return x[i] + sigma[i].view(-1, 1, 1, 1) * draws, target[i], None
+        return x[i] + per_row(sigma[i], x) * draws, target[i], None
 
     for rows, g, _, _ in row_gradients(model, len(x) * n_samples, build, ctx.micro_batch):
         i = (rows // n_samples).to(x.device)
         total.index_add_(0, i, g.double())
         total_sq.index_add_(0, i, g.double() ** 2)
-        spread = i.view(-1, 1, 1, 1).expand_as(g)
+        spread = per_row(i, g).expand_as(g)
         high.scatter_reduce_(0, spread, g, "amax")
         low.scatter_reduce_(0, spread, g, "amin")
     mean = total / n_samples
@@ -268,7 +269,7 @@ def expgrad(
             x.device,
         )
         j = (draws[:, 0] * len(refs)).long().clamp_max(len(refs) - 1)
-        alpha = draws[:, 1].view(-1, 1, 1, 1)
+        alpha = per_row(draws[:, 1], x)
         i = i.to(x.device)
         delta = x[i] - refs[j]
         return refs[j] + alpha * delta, delta / n_samples
@@ -288,7 +289,7 @@ def intuniform(
     return ig(model, x, target, ctx, n_steps=n_steps, baseline=baseline)
 
 
-@register("gradcam", decoys=True, rows=_one)
+@register("gradcam", decoys=True, rows=_one, kinds=("image",))
 def gradcam(
     model: PixelModel,
     x: Tensor,

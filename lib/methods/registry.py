@@ -19,6 +19,7 @@ from typing import Union
 import torch
 
 from ..errors import SalauditError
+from ..inputs.kinds import KINDS, check_kind
 from ..inputs.models import PixelModel
 from ..plugins import Plugins
 from .boundary_search import BoundaryConfig, find_boundary
@@ -58,7 +59,8 @@ class MethodInfo:
     it is where metrics need a mask. `needs_references`: it draws baselines from the data's
     reference images (expected gradients). `rows`: the gradient rows through the model per
     image, where its parameters fix them (`params -> rows`; `salaudit plan` prices such a
-    method without running it); None where they depend on the model."""
+    method without running it); None where they depend on the model. `kinds`: the input kinds
+    it applies to (`inputs.kinds`)."""
 
     name: str
     fn: Callable[..., torch.Tensor] = field(repr=False)
@@ -71,6 +73,7 @@ class MethodInfo:
     mask: bool = False
     needs_references: bool = False
     rows: Callable[[dict], int] | None = field(default=None, repr=False)
+    kinds: tuple[str, ...] = KINDS
 
     @property
     def defaults(self) -> dict:
@@ -128,7 +131,10 @@ class Method:
         return self.info.name
 
     def resolved(self, model: PixelModel) -> Method:
-        """Defaults that depend on the model (layers, mask packing) filled in and checked."""
+        """Defaults that depend on the model (layers, mask packing) filled in and checked; a
+        method for another kind of input than the model's is refused."""
+        usable = [n for n, i in registry().items() if model.kind in i.kinds]
+        check_kind(model.kind, self.info.kinds, f"method {self.name}", usable)
         params = dict(self.params)
         if self.info.resolve:
             params = self.info.resolve(params, model)
@@ -190,9 +196,9 @@ def method_names() -> list[str]:
 
 def check_inputs(model: PixelModel, x: torch.Tensor, target: torch.Tensor) -> None:
     """Refuse images of the wrong shape and target classes the model does not have."""
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(model.input_shape):
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
         raise SalauditError(
-            f"images of shape {tuple(x.shape)} do not fit model {model.spec}, which takes "
+            f"inputs of shape {tuple(x.shape)} do not fit model {model.spec}, which takes "
             f"(batch, {', '.join(map(str, model.input_shape))})"
         )
     bad = (target < 0) | (target >= model.num_classes)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.keys import generator
+from ..engine.optim import per_row
 from ..inputs.models import PixelModel
 from .budget import large_input
 from .context import Context
@@ -93,10 +94,10 @@ def relex(
         copies = torch.stack(
             [torch.randn((n_noise, *x.shape[1:]), generator=g, device=x.device) for g in draws]
         )  # (B, N, C, H, W): each image's copies from its own stream
-        copies = x[:, None] + sigma.view(-1, 1, 1, 1, 1) * copies
+        copies = x[:, None] + per_row(sigma, copies) * copies
         grad = _data_gradient(model, mask, copies, target, b, l2, ctx.micro_batch)
         grad = grad + l1 * (mask > 0)  # d|m|/dm as torch (and the authors' code) takes it
-        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        norm = per_row(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
         velocity = momentum * velocity + grad / norm
         mask = (mask - lr * velocity).clamp(0, 1)
     return mask

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..errors import SalauditError
+from ..inputs.kinds import KINDS
 from ..plugins import Plugins
 
 if TYPE_CHECKING:
@@ -100,8 +101,9 @@ class Family:
     (one variable `<family>_<generator>` per kept population, no method). `dim`: the family's
     own dimension; `labels(model)` its labels where the family owns them (thresholds, layers,
     percentages). `default`: computed when no metric is asked for by name (False for the
-    expensive ones). `section`: where the report shows it. `compute(cell)` returns each
-    variable's values (B,) or (B, len(labels))."""
+    expensive ones). `section`: where the report shows it. `kinds`: the input kinds it
+    applies to; it computes on the grid of positions (`inputs.kinds`), which an image is.
+    `compute(cell)` returns each variable's values (B,) or (B, len(labels))."""
 
     name: str
     variables: tuple[Variable, ...]
@@ -112,6 +114,7 @@ class Family:
     section: Section = Section.FAITHFULNESS
     default: bool = True
     units: str = ""
+    kinds: tuple[str, ...] = KINDS
 
     def __post_init__(self):
         if self.needs not in NEEDS:

@@ -255,5 +255,6 @@ register(
         _road,
         dim="percentage",
         labels=lambda model: list(DEFAULT_PERCENTAGES),
+        kinds=("image",),  # imputes from the 8 spatial neighbours
     )
 )

@@ -181,6 +181,7 @@ register(
         dim="layer",
         labels=lambda model: cascade_layers(model.net),
         section=Section.SANITY,
+        kinds=("image",),  # SSIM compares 2-D maps
         default=False,  # recomputes every map once per layer: asked for by name (or `all`)
     )
 )

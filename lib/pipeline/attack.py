@@ -24,6 +24,8 @@ from ..attacks.catalogue import (
 )
 from ..engine.keys import seed_of
 from ..errors import SalauditError
+from ..inputs.kinds import from_grid, to_grid
+from ..inputs.models import on_grid
 from ..methods.context import Context
 from ..methods.registry import get_method
 from ..store import schema
@@ -121,8 +123,8 @@ def run_attack(run: Run, job: AttackJob, start: int, stop: int) -> list[str]:
             store.write(schema.attack(job.name, name), start, getattr(result, name).cpu().numpy())
         store.mark_done(schema.attack(job.name), start, stop, (schema.inputs(),))
         computed.append(job.name)
-    per_image = adv.shape[1] if adv.ndim == 5 else 1
-    flat = adv.flatten(0, 1) if adv.ndim == 5 else adv
+    per_image = adv.shape[1] if adv.ndim > x.ndim else 1
+    flat = adv.flatten(0, 1) if adv.ndim > x.ndim else adv
     todo = [
         m
         for m in run.methods
@@ -150,17 +152,25 @@ def write_attack_map(run: Run, attack: str, method: str, start: int, values: np.
 
 
 def _attack(run: Run, job: AttackJob, x, target, start: int, stop: int) -> AttackResult:
-    fn, params = job.info.fn, dict(job.params)
+    """The attack on the grid of positions (`inputs.kinds`; an image is its own), its
+    attacked inputs returned in x's shape."""
+    found = _attack_on_grid(run, job, to_grid(x), target, start, stop)
+    found.image = from_grid(found.image, run.model.input_shape)
+    return found
+
+
+def _attack_on_grid(run: Run, job: AttackJob, x, target, start: int, stop: int) -> AttackResult:
+    fn, params, model = job.info.fn, dict(job.params), on_grid(run.model)
     if not job.info.method:
         ctx = Context(run.keys(start, stop, job.info.name), run.micro_batch)
-        return fn(run.model, x, target, None, ctx, **params)
+        return fn(model, x, target, None, ctx, **params)
     ctx = Context(run.keys(start, stop, job.method), run.micro_batch, run.references)
     method_params = _differentiable_params(run, job.method)
     if job.info.target_image:
         chosen = _target_samples(run, job, start, stop)
         run.store.write(schema.attack(job.name, "target_sample"), start, chosen)
-        params["x_target"] = run.dataset.load(chosen).image.to(run.device)
-    return fn(run.model, x, target, job.method, ctx, method_params, **params)
+        params["x_target"] = to_grid(run.dataset.load(chosen).image.to(run.device))
+    return fn(model, x, target, job.method, ctx, method_params, **params)
 
 
 def _target_samples(run: Run, job: AttackJob, start: int, stop: int) -> np.ndarray:

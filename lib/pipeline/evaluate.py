@@ -19,6 +19,8 @@ import torch
 
 from ..attacks.catalogue import attack_info
 from ..errors import SalauditError
+from ..inputs.kinds import check_kind, to_grid
+from ..inputs.models import on_grid
 from ..methods.context import Context
 from ..methods.registry import Method
 from ..metrics.catalogue import Cell, Family, families, per_generator
@@ -73,6 +75,7 @@ def evaluation_for(run: Run, asked: list[str] | None, baseline: str | None = Non
         raise SalauditError(
             f"unknown metric(s) {', '.join(unknown)}; valid: {', '.join(catalogue)} (or all)"
         )
+    names, notes = _for_kind(run.model.kind, names, asked)
     groups = store.subgroups(schema.ATTACKS)
     explanation = [a for a in groups if attack_info(a).method]
     prediction = next((a for a in groups if not attack_info(a).method), None)
@@ -84,7 +87,7 @@ def evaluation_for(run: Run, asked: list[str] | None, baseline: str | None = Non
         "boxes": store.has(schema.inputs("bbox")),
         "decoys": bool(generators),
     }
-    chosen, notes = [], []
+    chosen = []
     for name in names:
         need = catalogue[name].needs
         if have[need]:
@@ -187,6 +190,21 @@ def layout_metrics(ev: Evaluation) -> None:
     store.consolidate()
 
 
+def _for_kind(kind: str, names: list[str], asked: list[str] | None) -> tuple[list, list]:
+    """The families among `names` that apply to `kind` inputs, and notes on those left out
+    (one asked for by name is an error naming those that apply)."""
+    catalogue, kept, notes = families(), [], []
+    usable = [n for n, f in catalogue.items() if kind in f.kinds]
+    for name in names:
+        if kind in catalogue[name].kinds:
+            kept.append(name)
+        elif asked is None or asked == ["all"]:
+            notes.append(f"{name}: not applicable to {kind} inputs")
+        else:
+            check_kind(kind, catalogue[name].kinds, f"metric {name}", usable)
+    return kept, notes
+
+
 def _fixed_coordinate(store, dim: str, labels: list) -> None:
     """Numeric labels (radii, percentages) as a float coordinate, any other as strings."""
     if all(isinstance(v, int | float) for v in labels):
@@ -205,9 +223,10 @@ class _StoreSource:
     def __init__(self, run: Run, start: int, stop: int):
         self.run = run
         self.read = functools.cache(lambda path: run.read(path, start, stop))
+        self.grid = functools.cache(lambda path: to_grid(self.read(path), run.model.input_shape))
 
     def attacked(self, attack: str, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.read(schema.attack(attack, "image")), self.read(
+        return self.grid(schema.attack(attack, "image")), self.grid(
             schema.attack_map(attack, method)
         )
 
@@ -216,20 +235,21 @@ class _StoreSource:
 
     def population(self, generator: str) -> tuple[torch.Tensor, str]:
         path = schema.decoys(generator, "population")
-        return self.read(path), self.run.store.array_attrs(path)["layer"]
+        return self.grid(path), self.run.store.array_attrs(path)["layer"]
 
 
 def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
     """Every missing metric cell of samples [start, stop); returns what was computed. Each
-    array of the region is read from the store once."""
+    array of the region is read from the store once. Families compute on the grid of positions
+    (`inputs.kinds`; an image is its own)."""
     run, store = ev.run, ev.run.store
     source = _StoreSource(run, start, stop)
-    x, target = source.read(schema.inputs("image")), source.read(schema.inputs("prediction"))
+    x, target = source.grid(schema.inputs("image")), source.read(schema.inputs("prediction"))
     method_at = store.labels(schema.METRICS, "method")  # laid out by layout_metrics
     has_attacks = store.has(schema.metric("attack"))
     attack_at = store.labels(schema.METRICS, "attack") if has_attacks else {}
     base = dict(
-        model=run.model,
+        model=on_grid(run.model),
         x=x,
         target=target,
         baseline=ev.baseline,
@@ -252,7 +272,7 @@ def run_metrics(ev: Evaluation, start: int, stop: int) -> list[str]:
                 **base,
                 keys=run.keys(start, stop, fam.name),
                 method=m,
-                e=source.read(schema.map_path(m.name)),
+                e=source.grid(schema.map_path(m.name)),
                 context=Context(run.keys(start, stop, m.name), run.micro_batch, run.references),
                 labels=ev.labels.get(fam.dim, []),
                 attack=a,

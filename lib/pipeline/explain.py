@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..engine.batching import logits
+from ..engine.optim import per_row
 from ..errors import SalauditError
 from ..inputs.data import Dataset
 from ..inputs.selection import Selection, select_samples
@@ -181,7 +182,8 @@ def _layout(run: Run) -> None:
     for cfg in populations:
         k = len(_members(run, cfg)[0]) + 1
         store.check_array(schema.decoys(cfg.generator, "population"), cfg.params(), (n, k, *shape))
-    schema.layout_inputs(store, samples, shape, shard, run.dataset.has_boxes)
+    features = run.dataset.feature_names
+    schema.layout_inputs(store, samples, shape, shard, run.dataset.has_boxes, features)
     schema.layout_maps(store, samples, shape, shard, maps, run.spec.store.dtype)
     schema.layout_checks(store, samples, shard, list(maps))
     for cfg in populations:
@@ -218,12 +220,12 @@ def _boundary(run: Run, x, target, start: int, stop: int) -> Boundary:
     if store.is_done(schema.boundary(), start, stop):
         read = {f: run.read(schema.boundary(f), start, stop) for f in schema.BOUNDARY_FIELDS}
         found = Boundary(**read)
-        found.point = torch.where(found.success.view(-1, 1, 1, 1), found.point, x)
+        found.point = torch.where(per_row(found.success, x), found.point, x)
         return found
     ctx = Context(run.keys(start, stop, "boundary"), run.micro_batch, run.references)
     found = find_boundary(run.model, x, target, run.boundary_config(), ctx)
     stored = {f: getattr(found, f) for f in schema.BOUNDARY_FIELDS}
-    stored["point"] = torch.where(found.success.view(-1, 1, 1, 1), found.point, torch.nan)
+    stored["point"] = torch.where(per_row(found.success, x), found.point, torch.nan)
     stored |= {f"distance_{name}": dist for name, dist in found.by_finder.items()}
     for name, value in stored.items():
         store.write(schema.boundary(name), start, value.cpu().numpy())

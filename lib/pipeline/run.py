@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..attacks.catalogue import attack_info, attacks
 from ..engine.batching import parse_bytes, size_micro_batch
 from ..errors import SalauditError
 from ..inputs.data import Dataset, load_dataset
+from ..inputs.kinds import check_kind, describe, kind_of
 from ..inputs.models import PixelModel, load_model
 from ..methods.boundary_search import BoundaryConfig
 from ..methods.decoys import DecoyConfig
 from ..methods.registry import Method
+from ..metrics.catalogue import families
 from ..store import integrity, schema
 from ..store.store import Store
 from .spec import AuditSpec
@@ -91,13 +94,32 @@ def load_parts(spec: AuditSpec, progress: bool):
     dataset = load_dataset(spec.data)
     check_fit(spec, dataset.image_shape, model.input_shape)
     methods = [spec.method(name).resolved(model) for name in spec.methods]
+    check_kinds(spec, model.kind)
     return device, model, dataset, methods
+
+
+def check_kinds(spec: AuditSpec, kind: str) -> None:
+    """Refuse attacks and metrics asked for by name that do not apply to `kind` inputs."""
+    known = attacks()
+    usable = [a for a, info in known.items() if kind in info.kinds]
+    for name in spec.attacks:
+        check_kind(kind, attack_info(name).kinds, f"attack {name}", usable)
+    catalogue = families()
+    usable = [n for n, f in catalogue.items() if kind in f.kinds]
+    for name in spec.metrics or []:
+        if name in catalogue:
+            check_kind(kind, catalogue[name].kinds, f"metric {name}", usable)
 
 
 def check_fit(spec: AuditSpec, data_shape: tuple, model_shape: tuple) -> None:
     """Refuse data whose images the model cannot take, naming the fix for that data."""
     if tuple(data_shape) == tuple(model_shape):
         return
+    if kind_of(data_shape) != "image" or kind_of(model_shape) != "image":
+        raise SalauditError(
+            f"{spec.data} has {describe(data_shape)}, model {spec.model} takes "
+            f"{describe(model_shape)}; give data and a model of one kind and shape"
+        )
     folder = spec.data.startswith("folder:")
     if data_shape[0] != model_shape[0]:
         mode = {1: "L", 3: "RGB"}.get(model_shape[0])

@@ -120,3 +120,36 @@ def curves(
             ax.set_ylabel(ylabel)
         axes[0, -1].legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
         return _save(plt, fig, path)
+
+
+def feature_bars(
+    features: list[str], panels: list[tuple[str, np.ndarray]], path: Path, title: str
+) -> Path:
+    """Horizontal bars over a table's features, one panel per (title, values): the input's
+    values first, then each method's saliency scaled to max |value| 1 (red positive, blue
+    negative, as the report's difference maps)."""
+    with style() as plt:
+        cmap = plt.get_cmap(DIFF_CMAP)
+        height = 0.14 * len(features) + 0.9
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(1.45 * len(panels) + 1.6, height), sharey=True, squeeze=False
+        )
+        ys = np.arange(len(features))
+        for i, (ax, (name, values)) in enumerate(zip(axes[0], panels, strict=True)):
+            v = np.asarray(values, float)
+            if i:
+                top = np.nanmax(np.abs(v)) if np.isfinite(v).any() else 0.0
+                v = v / top if top > 0 else v
+                colours = [cmap(0.85) if x >= 0 else cmap(0.15) for x in np.nan_to_num(v)]
+                ax.set_xlim(-1.05, 1.05)
+            else:
+                colours = ["0.55"] * len(v)
+                ax.set_xlim(0, 1)
+            ax.barh(ys, np.nan_to_num(v), color=colours, height=0.8)
+            ax.axvline(0, color="0.3", lw=0.5)
+            ax.set_title(name, fontsize=7)
+            ax.tick_params(axis="x", labelsize=6)
+        axes[0, 0].set_yticks(ys, features, fontsize=6)
+        axes[0, 0].invert_yaxis()
+        fig.suptitle(title, fontsize=8)
+        return _save(plt, fig, path)

@@ -309,6 +309,8 @@ def _maps_section(audit: Contents, out: Path, root: Path) -> str:
     maps, inputs = audit.group(schema.MAPS), audit.group(schema.INPUTS)
     if maps is None or not maps.data_vars:
         return Missing("The store holds no maps: salaudit explain (or salaudit audit) writes them.")
+    if "feature" in inputs["image"].dims:
+        return _feature_section(audit, maps, inputs, out, root)
     methods = audit.methods
     k = min(GRID_SAMPLES, maps.sizes["sample"])
     samples = maps["sample"].values[:k]
@@ -354,6 +356,34 @@ def _maps_section(audit: Contents, out: Path, root: Path) -> str:
         else ""
     )
     return grid + note + extra
+
+
+def _feature_section(audit: Contents, maps, inputs, out: Path, root: Path) -> str:
+    """A table's maps: per sample, bars of its feature values and of each plain method's and
+    its optimised-decoy form's saliency (the controls are in the metric tables)."""
+    names = (audit.attrs.get("label_names"), audit.attrs.get("prediction_names"))
+    features = [str(f) for f in inputs["feature"].values]
+    shown = [
+        m for m in audit.methods if decoy_generator(m) in (None, "dance") and "-mean-" not in m
+    ]
+    parts = []
+    for sample in maps["sample"].values[: min(GRID_SAMPLES, maps.sizes["sample"])]:
+        label = int(inputs["label"].sel(sample=sample))
+        pred = int(inputs["prediction"].sel(sample=sample))
+        who = (
+            f"#{sample} label {class_name(names[0], label)}, predicted {class_name(names[1], pred)}"
+        )
+        panels = [("feature value", inputs["image"].sel(sample=sample).values)]
+        panels += [(m, maps[m].sel(sample=sample).values) for m in shown]
+        path = figures.feature_bars(features, panels, out / "maps" / f"{sample}.png", who)
+        parts.append(_figure(path, root, f"feature saliency of sample {who}"))
+    note = (
+        "<p class='note'>The first samples of the store: each sample's feature values (grey, "
+        "in [0, 1]) and each method's signed saliency per feature, scaled to max |value| 1 "
+        "(red positive, blue negative); the decoy-enhanced forms (dance-) beside their bases, "
+        "whose range aggregation is never negative.</p>"
+    )
+    return "".join(parts) + note
 
 
 def _map_grid(audit: Contents, inputs, samples, columns, folder: Path, root: Path) -> str:

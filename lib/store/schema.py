@@ -1,8 +1,11 @@
 """The store's schema (DESIGN.md's contract): group paths, dims, chunks, layouts and done-marker
 names. Every reader and writer of a store spells a path through this module.
 
-- `inputs`: image (sample, channel, y, x), label, prediction, bbox (sample, corner);
-- `maps/<method>`: (sample, channel, y, x), the raw signed attribution;
+- `inputs`: image (sample, *input dims), label, prediction, bbox (sample, corner); the input
+  dims are an image's (channel, y, x), a table's (feature), with the feature names as the
+  `feature` coordinate, a text's (token, embedding) (`inputs.kinds`); `image` is the name of
+  every kind's input array;
+- `maps/<method>`: (sample, *input dims), the raw signed attribution;
 - `decoys/<generator>`: population (sample, decoy, ...), diagnostics (sample, decoy), the mask
   and sign of each member, and `saliency/<base>` (sample, decoy, ...);
 - `boundary`: point, distance, success, finder, distance_<finder>;
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import SalauditError
+from ..inputs.kinds import dims_of
 from ..inputs.uris import is_remote
 
 if TYPE_CHECKING:
@@ -43,7 +47,6 @@ MAP_STATES = {"-1": "not checked", "0": "fine", "1": "all zero", "2": "not finit
 MARKERS = "_salaudit/done"
 AUDITS = "_salaudit/audits"
 LEASE = "_salaudit/lease.json"
-IMAGE_DIMS = ("sample", "channel", "y", "x")
 CHUNK_BYTES = 16 * 2**20
 DIAGNOSTICS = {
     "success": "bool",
@@ -158,11 +161,23 @@ def report_location(store_url: str) -> str:
 # --- layouts ------------------------------------------------------------------------------------
 
 
-def layout_inputs(store: Store, samples: np.ndarray, shape, shard: int, boxes: bool) -> None:
-    """The `inputs` group: images, labels, predictions (the targets) and, with boxes, bbox."""
-    n, (c, h, w) = len(samples), shape
+def sample_dims(shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The dims of an array of inputs (or maps) of one sample's `shape`."""
+    return ("sample", *dims_of(tuple(shape)))
+
+
+def layout_inputs(
+    store: Store, samples: np.ndarray, shape, shard: int, boxes: bool, features=None
+) -> None:
+    """The `inputs` group: inputs, labels, predictions (the targets), with boxes bbox, and a
+    table's feature names."""
+    n, shape = len(samples), tuple(shape)
     store.require_coordinate(INPUTS, "sample", samples)
-    store.require_array(inputs("image"), (n, c, h, w), IMAGE_DIMS, "float32", (shard, c, h, w))
+    if features is not None:
+        store.require_coordinate(INPUTS, "feature", np.asarray(features, dtype=str))
+    store.require_array(
+        inputs("image"), (n, *shape), sample_dims(shape), "float32", (shard, *shape)
+    )
     for name in ("label", "prediction"):
         store.require_array(inputs(name), (n,), ("sample",), "int64", (shard,))
     if boxes:
@@ -182,11 +197,11 @@ def layout_maps(
 ) -> None:
     """`maps/<method>` for each method (its parameters as the array's attributes), in
     `dtype` (`store.dtype`)."""
-    n, (c, h, w) = len(samples), shape
+    n, shape = len(samples), tuple(shape)
     store.require_coordinate(MAPS, "sample", samples)
     for name, attrs in maps.items():
         store.require_array(
-            map_path(name), (n, c, h, w), IMAGE_DIMS, dtype, (shard, c, h, w), attrs
+            map_path(name), (n, *shape), sample_dims(shape), dtype, (shard, *shape), attrs
         )
 
 
@@ -214,10 +229,10 @@ def layout_boundary(
 ) -> None:
     """The `boundary` group: per sample the point, its distance (NaN if none was found),
     success, the finder (codes in the attributes) and each finder's own best distance."""
-    n, (c, h, w) = len(samples), shape
+    n, shape = len(samples), tuple(shape)
     store.require_coordinate(BOUNDARY, "sample", samples)
     store.require_array(
-        boundary("point"), (n, c, h, w), IMAGE_DIMS, "float32", (shard, c, h, w), attrs
+        boundary("point"), (n, *shape), sample_dims(shape), "float32", (shard, *shape), attrs
     )
     units = {"units": "L2 norm in pixel space"}
     store.require_array(boundary("distance"), (n,), ("sample",), "float32", (shard,), units)
@@ -257,7 +272,7 @@ def layout_decoys(
     mask, sign = members
     n, k = len(samples), len(mask) + 1
     pop = (n, k, *shape)
-    pdims = ("sample", "decoy", "channel", "y", "x")
+    pdims = ("sample", "decoy", *dims_of(tuple(shape)))
     group = decoys(generator)
     for sub in (group, decoy_saliency(generator)):
         store.require_coordinate(sub, "sample", samples)
@@ -292,7 +307,7 @@ def attack_shape(samples, shape, labels: list | None) -> tuple[tuple, tuple, tup
     """(image shape, its dims, the per-sample extra shape) of an attack's group; `labels` of
     its extra dimension (pgd's radii) or None."""
     extra = (len(labels),) if labels is not None else ()
-    dims = ("sample", *(("radius",) if extra else ()), *IMAGE_DIMS[1:])
+    dims = ("sample", *(("radius",) if extra else ()), *dims_of(tuple(shape)))
     return (len(samples), *extra, *shape), dims, extra
 
 
