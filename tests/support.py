@@ -181,3 +181,9 @@ def grey_cnn() -> nn.Module:
     )
     net.input_shape = (1, 32, 32)
     return net
+
+
+def table_mlp() -> nn.Module:
+    """An untrained MLP on tables of 4 features (for bad-table tests)."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(4, 8), nn.SiLU(), nn.Linear(8, 2))

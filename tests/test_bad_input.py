@@ -198,7 +198,7 @@ class Evil:
         ("python:no_such_module:f", ["cannot import python:no_such_module:f", "importable"]),
         ("python:support:NOT_CALLABLE", ["not a callable factory"]),
         ("python:support:raising_factory", ["raised RuntimeError", "fix the factory"]),
-        ("python:support:tiny_conv?shape=3x5x5", ["cannot take images of shape (3, 5, 5)"]),
+        ("python:support:tiny_conv?shape=3x5x5", ["cannot take inputs of shape (3, 5, 5)"]),
         ("python:support:not_a_classifier?shape=3x32x32", ["logit vector per image"]),
     ],
 )

@@ -66,7 +66,7 @@ def test_builtin_dataset_spec_and_fingerprint(dataset):
     ("spec", "message"),
     [
         ("builtin:nope", "builtin:digit-scenes"),
-        ("csv:foo", "builtin:..., folder:..., zarr:..."),
+        ("hdf5:foo", "builtin:..., folder:..., zarr:..., csv:..., parquet:..."),
         ("builtin:digit-scenes?split=val", "splits train and test"),
         ("builtin:digit-scenes?size=3", "allowed: ['split']"),
     ],

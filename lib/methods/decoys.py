@@ -90,9 +90,10 @@ class DecoyConfig:
             raise SalauditError(
                 f"unknown decoy generator {self.generator!r}; valid: {', '.join(GENERATORS)}"
             )
-        if self.patch is not None and not 1 <= self.stride <= self.patch:
+        patch = self.patch or IMAGE_PATCH  # a table's or text's 1 is checked as it resolves
+        if not 1 <= self.stride <= patch:
             raise SalauditError(
-                f"decoy stride {self.stride} must be between 1 and the patch size {self.patch} "
+                f"decoy stride {self.stride} must be between 1 and the patch size {patch} "
                 "so that masks cover every pixel"
             )
         if not 0 < self.eps < 1:

@@ -30,7 +30,7 @@ from ..methods.context import Context
 from ..methods.registry import get_method
 from ..store import schema
 from .explain import method_maps, reopen
-from .run import Run
+from .run import Run, check_attack_kind
 
 
 @dataclass
@@ -88,6 +88,8 @@ def layout_attacks(run: Run, jobs: list[AttackJob]) -> None:
     """Create (or check) every attack group; conflicts raise before anything is written."""
     store, shape = run.store, run.model.input_shape
     shard = store.attrs()["shard_size"]
+    for job in jobs:
+        check_attack_kind(job.name, run.model.kind)
     for job in jobs:
         image = schema.attack_shape(run.samples, shape, job.labels)[0]
         store.check_array(schema.attack(job.name, "image"), job.store_params(run), image)

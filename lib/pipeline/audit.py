@@ -231,7 +231,7 @@ def preflight(spec: AuditSpec, fresh: bool = False) -> None:
 def prepare_audit(spec: AuditSpec, fresh: bool = False, progress: bool = True, workers: int = 1):
     """(run, plan): everything loaded and checked, every template laid out, nothing computed;
     units sized for `workers`."""
-    run = prepare(spread_shards(spec, workers, fresh), fresh, progress)
+    run = prepare(spread_shards(spec, workers, fresh), fresh, progress, attacks=True)
     if spec.attacks:
         layout_attacks(run, attack_jobs(spec.attacks, spec.attack_params, spec.radii))
     plan = plan_audit(spec, run, workers)

@@ -35,10 +35,13 @@ VALIDATE_CHUNK = 256
 VALIDATE_UPFRONT = 4096  # larger selections are validated as they stream
 
 
-def prepare(spec: AuditSpec, fresh: bool = False, progress: bool = True) -> Run:
-    """Load, select, validate and check everything, then open the store and lay out its
-    template. Bad input raises here, before anything is written."""
-    device, model, dataset, methods = load_parts(spec, progress)
+def prepare(
+    spec: AuditSpec, fresh: bool = False, progress: bool = True, attacks: bool = False
+) -> Run:
+    """Load, select, validate and check everything (with `attacks`, the spec's attacks too),
+    then open the store and lay out its template. Bad input raises here, before anything is
+    written."""
+    device, model, dataset, methods = load_parts(spec, progress, attacks)
     selection = spec.sample_selection()
     samples = select_samples(dataset, selection, model, device)
     _validate(dataset, samples)

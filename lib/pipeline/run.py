@@ -86,29 +86,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_parts(spec: AuditSpec, progress: bool):
-    """(device, model, dataset, resolved methods) of a spec, checked against each other."""
+def load_parts(spec: AuditSpec, progress: bool, attacks: bool = False):
+    """(device, model, dataset, resolved methods) of a spec, checked against each other (and
+    the spec's attacks, with `attacks`, against the model's kind of input)."""
     device = resolve_device(spec.device)
     model = load_model(spec.model, device=device, progress=progress)
     model.precision = spec.precision
     dataset = load_dataset(spec.data)
     check_fit(spec, dataset.image_shape, model.input_shape)
     methods = [spec.method(name).resolved(model) for name in spec.methods]
-    check_kinds(spec, model.kind)
+    check_kinds(spec, model.kind, attacks)
     return device, model, dataset, methods
 
 
-def check_kinds(spec: AuditSpec, kind: str) -> None:
-    """Refuse attacks and metrics asked for by name that do not apply to `kind` inputs."""
-    known = attacks()
-    usable = [a for a, info in known.items() if kind in info.kinds]
-    for name in spec.attacks:
-        check_kind(kind, attack_info(name).kinds, f"attack {name}", usable)
+def check_kinds(spec: AuditSpec, kind: str, with_attacks: bool = True) -> None:
+    """Refuse metrics asked for by name (and with `with_attacks` the spec's attacks) that do
+    not apply to `kind` inputs."""
+    for name in spec.attacks if with_attacks else []:
+        check_attack_kind(name, kind)
     catalogue = families()
     usable = [n for n, f in catalogue.items() if kind in f.kinds]
     for name in spec.metrics or []:
         if name in catalogue:
             check_kind(kind, catalogue[name].kinds, f"metric {name}", usable)
+
+
+def check_attack_kind(name: str, kind: str) -> None:
+    """Refuse attack `name` on `kind` inputs where it does not apply, naming those that do."""
+    usable = [a for a, info in attacks().items() if kind in info.kinds]
+    check_kind(kind, attack_info(name).kinds, f"attack {name}", usable)
 
 
 def check_fit(spec: AuditSpec, data_shape: tuple, model_shape: tuple) -> None:
