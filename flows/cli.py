@@ -157,9 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("path", nargs="?", default="salaudit.yaml")
     i.add_argument(
         "--kind",
-        choices=("image", "tabular"),
+        choices=("image", "tabular", "text"),
         default="image",
-        help="the embedded default to start from: images (digit scenes) or a table",
+        help="the embedded default to start from: images (digit scenes), a table or text",
     )
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
 

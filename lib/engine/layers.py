@@ -50,6 +50,8 @@ def receptive_field(model: PixelModel, layer: str, probes: int = 4) -> tuple[int
     x = torch.rand(probes, c, h, w, generator=gen).to(device).requires_grad_(True)
     with torch.enable_grad():
         out = forward_to(model, layer, x)
+        if out.ndim == 3 and h == 1 and out.shape[2] == w:  # a sequence layer (batch, C, T)
+            out = out[:, :, None]
         if out.ndim != 4:
             return h, w
         cy, cx = out.shape[2] // 2, out.shape[3] // 2

@@ -23,18 +23,21 @@ from .uris import filesystem
 DATA_KINDS = ("builtin", "folder", "zarr", "csv", "parquet")
 IMAGE_MODES = ("RGB", "L")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-BUILTIN_DATA = ("digit-scenes", "breast-cancer")
+BUILTIN_DATA = ("digit-scenes", "breast-cancer", "sentiment")
 
 
 @dataclass
 class Batch:
-    """Images (B, C, H, W) float32 in [0, 1], labels (B,), boxes (B, 4) or None, and the
-    dataset indices they came from."""
+    """Inputs (images (B, C, H, W), tables (B, F), texts' embeddings (B, T, D)) float32 in
+    [0, 1], labels (B,), boxes (B, 4) or None, the dataset indices they came from, and a
+    text's words (B, T) and padding mask (B, T; True on real tokens)."""
 
     index: np.ndarray
     image: torch.Tensor
     label: torch.Tensor
     bbox: torch.Tensor | None
+    words: np.ndarray | None = None
+    padding: np.ndarray | None = None
 
 
 class Dataset:
@@ -104,8 +107,12 @@ def check_images(images: torch.Tensor, index: np.ndarray, shape: tuple[int, ...]
         out = ((images < 0) | (images > 1)).flatten(1).any(1).numpy()
         raise SalauditError(
             f"samples {index[out][:10].tolist()} have values in [{lo:.4g}, {hi:.4g}], outside the "
-            "pixel range [0, 1]; give images in pixel space (uint8 data divided by 255, before "
-            "any normalisation: the model applies its own)"
+            + (
+                "pixel range [0, 1]; give images in pixel space (uint8 data divided by 255, "
+                "before any normalisation: the model applies its own)"
+                if kind_of(tuple(shape)) == "image"
+                else "range [0, 1]; MinMax-scale the embeddings over the dictionary's entries"
+            )
         )
 
 
@@ -157,7 +164,7 @@ def load_dataset(spec: str) -> Dataset:
     loader = {
         "builtin": _builtin,
         "folder": FolderDataset,
-        "zarr": ZarrDataset,
+        "zarr": open_zarr,
         "csv": user_table,
         "parquet": user_table,
     }[parsed.kind]
@@ -220,6 +227,10 @@ def _builtin(spec: SpecString) -> Dataset:
         from .tables import builtin_table
 
         return builtin_table(split)
+    if spec.target == "sentiment":
+        from .text import builtin_text
+
+        return builtin_text(split)
     s = digit_scenes(split)
     train_refs = None
     if split == "test":  # expected-gradient baselines come from the training split
@@ -399,31 +410,50 @@ def object_tag(info: dict) -> str:
     return tag.strip('"') if tag else f"{info.get('size')}:{info.get('mtime')}"
 
 
+def open_zarr(spec: SpecString) -> Dataset:
+    """`zarr:` data: a text where the group has token ids and an embedding table, else
+    inputs in an `image` array (`ZarrDataset`)."""
+    import zarr
+
+    from .text import zarr_text
+    from .uris import storage_options_for
+
+    spec.check_params({"group"}, "zarr data")
+    opts = storage_options_for(spec.target)
+    try:
+        root = zarr.open_group(spec.target, mode="r", storage_options=opts or None)
+        group = root[spec.take("group")] if spec.take("group") else root
+    except (FileNotFoundError, KeyError) as e:
+        raise SalauditError(f"no Zarr group at {spec.target} ({e})") from None
+    if {"token", "embedding"} <= set(group.array_keys()):
+        return zarr_text(group, spec.target)
+    return ZarrDataset(spec.target, group)
+
+
 class ZarrDataset(Dataset):
-    """A Zarr group (local or object storage) with arrays `image` (N, C, H, W) in [0, 1] (or
-    uint8), `label` (N,) and optionally `bbox` (N, 4); a salaudit store's `inputs` qualifies."""
+    """A Zarr group (local or object storage) with arrays `image` (N, ...) in [0, 1] (or
+    uint8 images), `label` (N,) and optionally `bbox` (N, 4); a salaudit store's `inputs`
+    qualifies. The samples' shape gives their kind: images (C, H, W), tables (F,) or texts'
+    embeddings (T, D), which need a `padding` mask (N, T)."""
 
-    def __init__(self, spec: SpecString):
-        import zarr
-
-        from .uris import storage_options_for
-
-        spec.check_params({"group"}, "zarr data")
-        self.url = spec.target
-        opts = storage_options_for(self.url)
-        try:
-            root = zarr.open_group(self.url, mode="r", storage_options=opts or None)
-            group = root[spec.take("group")] if spec.take("group") else root
-        except (FileNotFoundError, KeyError) as e:
-            raise SalauditError(f"no Zarr group at {self.url} ({e})") from None
+    def __init__(self, url: str, group):
+        self.url = url
         missing = {"image", "label"} - set(group.array_keys())
         if missing:
             raise SalauditError(
                 f"Zarr data {self.url} lacks array(s) {sorted(missing)}; it needs image "
-                "(N, C, H, W) and label (N,), optionally bbox (N, 4)"
+                "(N, C, H, W) and label (N,), optionally bbox (N, 4); a text needs token (N, T) "
+                "ids, embedding (V, D) and padding (N, T)"
+            )
+        if len(group["image"].shape) == 3 and "padding" not in group.array_keys():
+            raise SalauditError(
+                f"Zarr data {self.url} holds embeddings (N, T, D) but no padding mask: sequences "
+                "of different lengths cannot be told from padding without one; add padding "
+                "(N, T) bool, True on real tokens"
             )
         self.image, self.label = group["image"], group["label"]
         self.bbox = group["bbox"] if "bbox" in group.array_keys() else None
+        self.padding = group["padding"] if "padding" in group.array_keys() else None
         self.has_boxes = self.bbox is not None
         self.image_shape = tuple(self.image.shape[1:])
         self.labels_ = _class_indices(self.label[:], self.url)
@@ -445,7 +475,10 @@ class ZarrDataset(Dataset):
         bbox = None
         if self.has_boxes:
             bbox = torch.from_numpy(self.bbox.get_orthogonal_selection((indices,)).astype(np.int64))
-        return Batch(indices, image, torch.from_numpy(self.labels_[indices]), bbox)
+        padding = None
+        if self.padding is not None:
+            padding = self.padding.get_orthogonal_selection((indices,)).astype(bool)
+        return Batch(indices, image, torch.from_numpy(self.labels_[indices]), bbox, None, padding)
 
     def _fingerprint(self) -> str:
         """From the image array's listing (each object's ETag, or size and mtime) and the

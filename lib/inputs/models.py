@@ -203,6 +203,22 @@ def breast_cancer_mlp(features: int = 30, hidden: int = 64, num_classes: int = 2
     )
 
 
+class TextCNN(nn.Module):
+    """The text default's network, Kim-style over (batch, token, embedding): two 1-D
+    convolutions of width 3 over the tokens with SiLU (`conv1`, `act1`, `conv2`, `act2`), the
+    mean over tokens and a linear head; smooth, as the image default, for IG and the attacks."""
+
+    def __init__(self, embed: int = 100, channels: int = 64, num_classes: int = 2):
+        super().__init__()
+        self.conv1, self.act1 = nn.Conv1d(embed, channels, 3, padding=1), nn.SiLU()
+        self.conv2, self.act2 = nn.Conv1d(channels, channels, 3, padding=1), nn.SiLU()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act2(self.conv2(self.act1(self.conv1(x.transpose(1, 2)))))
+        return self.fc(h.mean(2))
+
+
 @dataclass(frozen=True)
 class Builtin:
     """A model salaudit trains itself on builtin data (`epochs` of its training recipe)."""
@@ -222,6 +238,7 @@ BUILTIN_MODELS = {
     "breast-cancer-mlp": Builtin(
         breast_cancer_mlp, "breast-cancer", (30,), 2, {"decoy": "act1"}, epochs=100
     ),
+    "sentiment-cnn": Builtin(TextCNN, "sentiment", (16, 100), 2, {"decoy": "act1"}, epochs=12),
 }
 TORCHVISION_LAYERS = {
     "vgg16": {"decoy": "features.4", "cam": "features.29"},

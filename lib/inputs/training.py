@@ -43,16 +43,17 @@ def train_builtin(name: str, progress: bool = True) -> dict:
     from .models import BUILTIN_MODELS
 
     info = BUILTIN_MODELS[name]
-    x, y, names = _tensors(info.data, "train")
+    ds, (x, y) = _tensors(info.data, "train")
     dims = stat_dims(info.input_shape)
-    mean, std = x.mean(dim=dims), x.std(dim=dims).clamp_min(1e-3)
+    mean, std = getattr(ds, "mean_input", x.mean(dim=dims)), x.std(dim=dims).clamp_min(1e-3)
+    names = ds.class_names
     threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
     try:
         torch.manual_seed(TRAIN_SEED)
         net = info.build()
         _fit(net, _normalised(x, mean, std), y, progress, name, info.epochs)
-        xt, yt, _ = _tensors(info.data, "test")
+        _, (xt, yt) = _tensors(info.data, "test")
         accuracy = _accuracy(net, _normalised(xt, mean, std), yt)
     finally:
         torch.set_num_threads(threads)
@@ -68,13 +69,13 @@ def train_builtin(name: str, progress: bool = True) -> dict:
     }
 
 
-def _tensors(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
-    """A builtin data set's split: every input, its labels and the class names."""
+def _tensors(data: str, split: str):
+    """A builtin data set's split and (every input, its labels)."""
     from .data import load_dataset
 
     ds = load_dataset(f"builtin:{data}?split={split}")
     batch = ds.load(np.arange(len(ds)))
-    return batch.image, batch.label, ds.class_names
+    return ds, (batch.image, batch.label)
 
 
 def _normalised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -248,6 +248,10 @@ def run_inputs(run: Run, start: int, stop: int) -> dict:
     write_logit_checks(run.store, start, clean)
     if batch.bbox is not None:
         run.store.write(schema.inputs("bbox"), start, batch.bbox.numpy())
+    if batch.words is not None:
+        run.store.write(schema.inputs("word"), start, batch.words.astype(schema.WORD))
+    if batch.padding is not None:
+        run.store.write(schema.inputs("padding"), start, batch.padding)
     run.store.mark_done(schema.inputs(), start, stop)
     return {"stage": "inputs", "start": start, "stop": stop, "skipped": False}
 

@@ -169,7 +169,55 @@ store:
   url: runs/audit-tabular
 shard_size: 16
 """
-SPECS = {"image": DEFAULT_SPEC, "tabular": TABULAR_SPEC}  # salaudit init --kind
+TEXT_SPEC = """\
+# salaudit audit spec for text (salaudit init --kind text writes this file).
+# The embedded text default: 64 test sentences of builtin:sentiment (AFINN's lexicon words,
+# negations and filler, 16 tokens over a fixed 100-d embedding table) and the two-layer text
+# CNN salaudit trains on it on first use; the gradient methods, their decoy-enhanced forms and
+# the papers' three controls (constant decoys with the dictionary's mean embedding, noise, mean
+# aggregation), every decoy swapping one token's whole embedding (P = 1), RelEx, top-k on grad
+# and PGD on the embeddings, and every metric that applies to text. A few minutes on 2 CPU
+# cores. A field left out keeps salaudit init's default.
+
+model: builtin:sentiment-cnn
+data: builtin:sentiment
+selection: {mode: random, n: 64, correct_only: false}
+seed: 0
+
+methods:
+  grad: {}
+  ig: {n_steps: 16}
+  smoothgrad: {n_samples: 10}
+  dance-grad: {}
+  dance-ig: {n_steps: 16}
+  dance-smoothgrad: {n_samples: 10}
+  constant-grad: {}
+  constant-ig: {n_steps: 16}
+  constant-smoothgrad: {n_samples: 10}
+  noise-grad: {}
+  noise-ig: {n_steps: 16}
+  noise-smoothgrad: {n_samples: 10}
+  dance-mean-grad: {}
+  dance-mean-ig: {n_steps: 16}
+  dance-mean-smoothgrad: {n_samples: 10}
+  relex: {}
+decoys:                               # one token per mask: 2 x 16 optimised, 16 per control
+  dance: {decoys: 32}
+  constant: {decoys: 16}              # the dictionary's mean embedding in the mask
+  noise: {decoys: 16}
+attacks: [topk@grad, pgd]
+attack_params:
+  topk: {steps: 30, fraction: 0.125}  # the top 2 of 16 tokens
+  pgd: {steps: 10}
+radii: [2, 8, 32]                     # L_inf radii in units of 1/255 of the embedding range
+metrics: null
+metric_baseline: mean                 # mean: removed tokens take the mean embedding
+
+store:
+  url: runs/audit-text
+shard_size: 16
+"""
+SPECS = {"image": DEFAULT_SPEC, "tabular": TABULAR_SPEC, "text": TEXT_SPEC}  # init --kind
 
 
 class SelectionSpec(BaseModel):

@@ -311,6 +311,8 @@ def _maps_section(audit: Contents, out: Path, root: Path) -> str:
         return Missing("The store holds no maps: salaudit explain (or salaudit audit) writes them.")
     if "feature" in inputs["image"].dims:
         return _feature_section(audit, maps, inputs, out, root)
+    if "token" in inputs["image"].dims:
+        return _sentence_section(audit, maps, inputs)
     methods = audit.methods
     k = min(GRID_SAMPLES, maps.sizes["sample"])
     samples = maps["sample"].values[:k]
@@ -363,9 +365,7 @@ def _feature_section(audit: Contents, maps, inputs, out: Path, root: Path) -> st
     its optimised-decoy form's saliency (the controls are in the metric tables)."""
     names = (audit.attrs.get("label_names"), audit.attrs.get("prediction_names"))
     features = [str(f) for f in inputs["feature"].values]
-    shown = [
-        m for m in audit.methods if decoy_generator(m) in (None, "dance") and "-mean-" not in m
-    ]
+    shown = _shown_methods(audit)
     parts = []
     for sample in maps["sample"].values[: min(GRID_SAMPLES, maps.sizes["sample"])]:
         label = int(inputs["label"].sel(sample=sample))
@@ -384,6 +384,54 @@ def _feature_section(audit: Contents, maps, inputs, out: Path, root: Path) -> st
         "whose range aggregation is never negative.</p>"
     )
     return "".join(parts) + note
+
+
+def _shown_methods(audit: Contents) -> list[str]:
+    """The plain methods and their optimised-decoy forms (the controls are in the tables)."""
+    return [m for m in audit.methods if decoy_generator(m) in (None, "dance") and "-mean-" not in m]
+
+
+def _sentence_section(audit: Contents, maps, inputs) -> str:
+    """A text's maps as DANCE fig. 3A: per sample and method its words, each word's background
+    shaded by its saliency (the mean over the word's embedding dims), scaled to the map's
+    largest |word score|."""
+    names = (audit.attrs.get("label_names"), audit.attrs.get("prediction_names"))
+    parts = []
+    for sample in maps["sample"].values[: min(GRID_SAMPLES, maps.sizes["sample"])]:
+        words = [str(w) for w in inputs["word"].sel(sample=sample).values]
+        real = inputs["padding"].sel(sample=sample).values.astype(bool)
+        label = int(inputs["label"].sel(sample=sample))
+        pred = int(inputs["prediction"].sel(sample=sample))
+        rows = []
+        for m in _shown_methods(audit):
+            score = maps[m].sel(sample=sample).values.astype(float).mean(-1)
+            top = np.nanmax(np.abs(score[real])) if real.any() else 0.0
+            cells = "".join(
+                _shaded(w, v / top if top > 0 else 0.0)
+                for w, v, ok in zip(words, score, real, strict=True)
+                if ok
+            )
+            rows.append([esc(m), f"<span class='sentence'>{cells}</span>"])
+        who = (
+            f"#{sample} label {class_name(names[0], label)}, predicted {class_name(names[1], pred)}"
+        )
+        parts.append(f"<h3>{esc(who)}</h3>" + _table(["method", "words"], rows, "sentences"))
+    note = (
+        "<p class='note'>Each word's background: its saliency, the mean of its map over the "
+        "embedding dims, scaled to the sentence's largest |score| (red positive, blue negative, "
+        "white 0); the decoy-enhanced forms (dance-, range over the population) beside their "
+        "bases, as DANCE figure 3A.</p>"
+    )
+    return "".join(parts) + note
+
+
+def _shaded(word: str, value: float) -> str:
+    colour = "214,39,40" if value >= 0 else "31,119,180"
+    alpha = min(1.0, abs(float(np.nan_to_num(value))))
+    return (
+        f"<span style='background:rgba({colour},{alpha:.2f})' "
+        f"title='{value:+.2f}'>{esc(word)}</span> "
+    )
 
 
 def _map_grid(audit: Contents, inputs, samples, columns, folder: Path, root: Path) -> str:
@@ -586,7 +634,8 @@ pre{background:#f6f6f6;padding:.6em;overflow:auto}code{font-size:12px}
 .grid{overflow-x:auto}table.maps td,table.maps th{border:0;padding:2px 3px;text-align:center;
 vertical-align:top}table.maps img{max-width:none;image-rendering:pixelated}
 figure.tile{margin:0}figure.tile figcaption{font-size:11px;color:#333;max-width:224px}
-ul.warnings li{margin:.2em 0}
+ul.warnings li{margin:.2em 0}table.sentences td{text-align:left}
+.sentence span{padding:0 .15em;border-radius:2px}
 """
 
 

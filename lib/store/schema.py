@@ -48,6 +48,7 @@ MARKERS = "_salaudit/done"
 AUDITS = "_salaudit/audits"
 LEASE = "_salaudit/lease.json"
 CHUNK_BYTES = 16 * 2**20
+WORD = "<U32"  # a text's words, as stored
 DIAGNOSTICS = {
     "success": "bool",
     "representation_difference": "float32",
@@ -169,12 +170,18 @@ def sample_dims(shape: tuple[int, ...]) -> tuple[str, ...]:
 def layout_inputs(
     store: Store, samples: np.ndarray, shape, shard: int, boxes: bool, features=None
 ) -> None:
-    """The `inputs` group: inputs, labels, predictions (the targets), with boxes bbox, and a
-    table's feature names."""
+    """The `inputs` group: inputs, labels, predictions (the targets), with boxes bbox, a
+    table's feature names, and a text's words and padding mask (sample, token)."""
     n, shape = len(samples), tuple(shape)
     store.require_coordinate(INPUTS, "sample", samples)
     if features is not None:
         store.require_coordinate(INPUTS, "feature", np.asarray(features, dtype=str))
+    if dims_of(shape)[0] == "token":
+        dims, chunks = ("sample", "token"), (shard, shape[0])
+        store.require_array(inputs("word"), (n, shape[0]), dims, WORD, chunks, fill_value="")
+        store.require_array(
+            inputs("padding"), (n, shape[0]), dims, "bool", chunks, fill_value=False
+        )
     store.require_array(
         inputs("image"), (n, *shape), sample_dims(shape), "float32", (shard, *shape)
     )
