@@ -166,6 +166,11 @@ def test_a_table_audit_writes_feature_dims_and_a_report_with_its_bars(tmp_path):
     metrics = xr.open_zarr(store, group="metrics", chunks=None)
     assert {"fidelity", "deletion", "topk_intersection"} <= set(metrics.data_vars)
     assert "road_morf" not in metrics  # ROAD imputes from spatial neighbours: images only
+    png = tmp_path / "one.png"
+    sample = str(int(inputs["sample"].values[0]))
+    assert main(["show", "--store", str(store), "--sample", sample, "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    assert main(["compare", str(store), str(store)]) == 0  # an audit against itself holds
     out = tmp_path / "report"
     write_report(str(store), str(out))
     bars = sorted((out / "figures" / "maps").glob("*.png"))
@@ -236,3 +241,23 @@ def test_a_model_or_method_that_does_not_fit_the_table_is_refused(tmp_path, caps
     store = tmp_path / "s"
     refused(capsys, ["explain", *argv, "--store", str(store), "--quiet"], *words)
     assert not store.exists()
+
+
+def test_csv_and_parquet_tables_load_with_their_feature_names(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"x1": [0.0, 0.5, 1.0, 0.25], "x2": [1.0, 0.0, 0.5, 0.75]})
+    frame["target"] = [0, 1, 1, 0]
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    for spec in (
+        f"csv:{tmp_path}/t.csv?label=target",
+        f"parquet:{tmp_path}/t.parquet?label=target",
+    ):
+        ds = load_dataset(spec)
+        batch = ds.load([1, 3])
+        assert ds.feature_names == ["x1", "x2"] and ds.image_shape == (2,)
+        assert torch.equal(batch.image, torch.tensor([[0.5, 0.0], [0.25, 0.75]]))
+        assert batch.label.tolist() == [1, 0] and ds.num_classes == 2
+    with pytest.raises(SalauditError, match="no label column 'y'.*x1, x2, target"):
+        load_dataset(f"csv:{tmp_path}/t.csv?label=y")

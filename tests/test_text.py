@@ -149,6 +149,33 @@ def test_zarr_embeddings_without_a_padding_mask_are_refused(tmp_path, capsys):
     assert not store.exists()
 
 
+def test_zarr_token_ids_without_a_padding_mask_are_refused(tmp_path):
+    from salaudit.errors import SalauditError
+
+    data = tmp_path / "ids.zarr"
+    group = zarr.open_group(str(data), mode="w")
+    group.create_array("token", data=np.array([[1, 2, 0], [3, 0, 0]]))
+    group.create_array("embedding", data=np.full((4, 100), 0.5, dtype=np.float32))
+    group.create_array("label", data=np.array([0, 1]))
+    with pytest.raises(SalauditError, match="no padding mask.*add padding"):
+        load_dataset(f"zarr:{data}")
+
+
+@pytest.mark.slow
+def test_the_text_spec_audits_through_the_flow(tmp_path):
+    import yaml
+
+    spec = yaml.safe_load(TEXT_SPEC)
+    spec["selection"]["n"] = 8
+    spec["store"] = {"url": str(tmp_path / "audit")}
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["audit", str(path), "--quiet"]) == 0
+    maps = xr.open_zarr(tmp_path / "audit", group="maps", chunks=None)
+    assert maps["dance-ig"].dims == ("sample", "token", "embedding")
+    assert (tmp_path / "audit-report" / "index.html").exists()
+
+
 def test_zarr_token_ids_over_an_embedding_table_are_a_text(tmp_path):
     data = tmp_path / "ids.zarr"
     group = zarr.open_group(str(data), mode="w")

@@ -191,7 +191,10 @@ def _add(totals: dict, unit: Unit, value: float) -> None:
 
 def _shrunk_size(model: PixelModel) -> tuple[int, int] | None:
     """The (height, width) a large input is shrunk to (the shorter side SHRUNK_SIDE), or None
-    for an input no larger, or for a net that takes only its own size (a ViT)."""
+    for an input no larger, for a net that takes only its own size (a ViT), and for tables and
+    texts, whose size is their features' or tokens' count."""
+    if model.kind != "image":
+        return None
     _, h, w = model.input_shape
     if min(h, w) <= SHRUNK_SIDE:
         return None

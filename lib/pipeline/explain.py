@@ -249,7 +249,7 @@ def run_inputs(run: Run, start: int, stop: int) -> dict:
     if batch.bbox is not None:
         run.store.write(schema.inputs("bbox"), start, batch.bbox.numpy())
     if batch.words is not None:
-        run.store.write(schema.inputs("word"), start, batch.words.astype(schema.WORD))
+        run.store.write(schema.inputs("word"), start, batch.words)
     if batch.padding is not None:
         run.store.write(schema.inputs("padding"), start, batch.padding)
     run.store.mark_done(schema.inputs(), start, stop)

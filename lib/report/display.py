@@ -118,6 +118,22 @@ def show_sample(url: str, sample: int, out: str, storage_options: dict | None = 
     at = inputs.sel(sample=sample)
     box = at["bbox"].values if "bbox" in inputs else None
     label, pred = int(at["label"]), int(at["prediction"])
+    if "feature" in at["image"].dims:  # a table: its values and each map as bars
+        from pathlib import Path
+
+        from .figures import feature_bars
+
+        panels = [("feature value", at["image"].values)]
+        panels += [(n, maps[n].sel(sample=sample).values) for n in names]
+        features = [str(f) for f in inputs["feature"].values]
+        title = _image_title(sample, label, pred, attrs).replace("\n", ", ")
+        feature_bars(features, panels, Path(out), title)
+        return names
+    if "token" in at["image"].dims:
+        raise SalauditError(
+            f"store {url} holds texts; salaudit report shades each sentence's words by "
+            "saliency (salaudit report --store ...), a PNG of one sample is for images and tables"
+        )
     tiles = [(tile(image_rgb(at["image"].values), box), _image_title(sample, label, pred, attrs))]
     for name in names:
         raw = maps[name].sel(sample=sample).values

@@ -154,9 +154,15 @@ def _metric_baseline(audit: Contents) -> str:
     if metrics is None:
         return "none (no metrics)"
     kind = schema.metric_baseline_of(metrics.attrs)
-    return {"mean": "mean (the data's mean colour)", "blur": "blur (the image blurred)"}.get(
-        kind, kind
+    dims = audit.group(schema.INPUTS)["image"].dims
+    mean = (
+        "the data's feature means"
+        if "feature" in dims
+        else "the dictionary's mean embedding"
+        if "token" in dims
+        else "the data's mean colour"
     )
+    return {"mean": f"mean ({mean})", "blur": "blur (the image blurred)"}.get(kind, kind)
 
 
 def _run_section(audit: Contents) -> str:

@@ -48,7 +48,7 @@ MARKERS = "_salaudit/done"
 AUDITS = "_salaudit/audits"
 LEASE = "_salaudit/lease.json"
 CHUNK_BYTES = 16 * 2**20
-WORD = "<U32"  # a text's words, as stored
+WORD = str  # a text's words: variable-length UTF-8 (Zarr v3's string type)
 DIAGNOSTICS = {
     "success": "bool",
     "representation_difference": "float32",

@@ -180,7 +180,7 @@ class Store:
         path: str,
         shape: tuple[int, ...],
         dims: tuple[str, ...],
-        dtype: str,
+        dtype: str | type,
         chunks: tuple[int, ...],
         attrs: dict | None = None,
         fill_value: Any = None,
@@ -193,7 +193,8 @@ class Store:
             self._check(path, group[name], attrs or {}, shape)
             return group[name]
         if fill_value is None:
-            fill_value = np.nan if np.dtype(dtype).kind == "f" else 0
+            kind = np.dtype(dtype).kind
+            fill_value = np.nan if kind == "f" else "" if kind in "UO" else 0
         return group.create_array(
             name,
             shape=shape,
@@ -230,7 +231,8 @@ class Store:
         """A 1-D coordinate array `name` along `dim` (default: its own name) in `group`,
         written once and done-marked (written again if its marker went: it was damaged)."""
         path = f"{group}/{name}"
-        self.require_array(path, values.shape, (dim or name,), str(values.dtype), values.shape)
+        dtype = str if values.dtype.kind in "UO" else str(values.dtype)  # text: Zarr's string
+        self.require_array(path, values.shape, (dim or name,), dtype, values.shape)
         if not self.is_done(schema.layout_marker(path), 0, len(values)):
             self._write_layout(path, values)
 
