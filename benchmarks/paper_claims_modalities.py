@@ -27,13 +27,14 @@ import xarray as xr
 import yaml
 from paper_claims import markdown, table
 
+from salaudit.methods.registry import PAPER_BASES
 from salaudit.metrics.stats import paired_test
 from salaudit.pipeline.attack import attack
 from salaudit.pipeline.evaluate import evaluate
 from salaudit.pipeline.explain import explain
 from salaudit.pipeline.spec import SPECS, parse_spec
 
-BASES = ("grad", "ig", "smoothgrad")
+BASES = tuple(PAPER_BASES)
 CONTROLS = ("constant", "noise", "dance-mean")
 SETTINGS = {
     "tabular": (

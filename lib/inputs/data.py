@@ -49,6 +49,7 @@ class Dataset:
     has_boxes: bool
     class_names: list[str] | None = None  # label i's name, where the data has names
     feature_names: list[str] | None = None  # a table's column names
+    _references: Dataset | None = None  # where expected gradients' baselines come from
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -81,7 +82,10 @@ class Dataset:
         return batch
 
     def references(self, n: int, seed: int) -> torch.Tensor:
-        """`n` images drawn with `seed`, the baselines of expected gradients."""
+        """`n` inputs drawn with `seed`, the baselines of expected gradients (from the
+        training split where this is a builtin's test split)."""
+        if self._references is not None:
+            return self._references.references(n, seed)
         rng = np.random.default_rng([seed, 7])
         idx = np.sort(rng.choice(len(self), size=min(n, len(self)), replace=False))
         return self.load(idx).image
@@ -204,11 +208,6 @@ class ArrayDataset(Dataset):
             if arr is not None:
                 h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()
-
-    def references(self, n: int, seed: int) -> torch.Tensor:
-        if self._references is None:
-            return super().references(n, seed)
-        return self._references.references(n, seed)
 
 
 def _builtin(spec: SpecString) -> Dataset:

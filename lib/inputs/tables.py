@@ -60,11 +60,6 @@ class TableDataset(Dataset):
         h.update(",".join(self.feature_names).encode())
         return h.hexdigest()
 
-    def references(self, n: int, seed: int) -> torch.Tensor:
-        if self._references is None:
-            return super().references(n, seed)
-        return self._references.references(n, seed)
-
 
 @cache
 def breast_cancer() -> dict[str, np.ndarray]:

@@ -148,11 +148,6 @@ class TextDataset(Dataset):
         h.update("\n".join(self.words).encode())
         return h.hexdigest()
 
-    def references(self, n: int, seed: int) -> torch.Tensor:
-        if self._references is None:
-            return super().references(n, seed)
-        return self._references.references(n, seed)
-
     @property
     def mean_input(self) -> torch.Tensor:
         """The dictionary's mean embedding (D,): the text's baseline b."""

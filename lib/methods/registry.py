@@ -43,6 +43,9 @@ DEFAULT_METHODS = {
     "dance-grad": {},
     "relex": {},
 }
+# The tabular and text specs' bases, each with its decoy form and the papers' three controls
+# (DANCE fig. 3B), and their parameters
+PAPER_BASES = {"grad": {}, "ig": {"n_steps": 16}, "smoothgrad": {"n_samples": 10}}
 FAMILIES = ("gradient", "relex", "boundary")
 
 

@@ -23,6 +23,7 @@ from ..inputs.selection import MODES, Selection
 from ..inputs.uris import is_remote
 from ..methods.registry import (
     DEFAULT_METHODS,
+    PAPER_BASES,
     Method,
     decoy_generator,
     get_method,
@@ -120,6 +121,13 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
+# The P = 1 specs' methods: each base, its decoy form and the papers' three controls (fig. 3B)
+P1_METHODS = "".join(
+    f"  {prefix}{base}: {{{', '.join(f'{k}: {v}' for k, v in params.items())}}}\n"
+    for prefix in ("", "dance-", "constant-", "noise-", "dance-mean-")
+    for base, params in PAPER_BASES.items()
+)
+
 TABULAR_SPEC = """\
 # salaudit audit spec for a table (salaudit init --kind tabular writes this file).
 # The embedded tabular default: 64 test rows of scikit-learn's breast-cancer table (30 features
@@ -136,22 +144,7 @@ selection: {mode: random, n: 64, correct_only: false}
 seed: 0
 
 methods:
-  grad: {}
-  ig: {n_steps: 16}
-  smoothgrad: {n_samples: 10}
-  dance-grad: {}
-  dance-ig: {n_steps: 16}
-  dance-smoothgrad: {n_samples: 10}
-  constant-grad: {}
-  constant-ig: {n_steps: 16}
-  constant-smoothgrad: {n_samples: 10}
-  noise-grad: {}
-  noise-ig: {n_steps: 16}
-  noise-smoothgrad: {n_samples: 10}
-  dance-mean-grad: {}
-  dance-mean-ig: {n_steps: 16}
-  dance-mean-smoothgrad: {n_samples: 10}
-  relex: {}
+{bases_and_controls}  relex: {}
   big: {}
 decoys:                               # one feature per mask: 2 x 30 optimised, 30 per control
   dance: {decoys: 60}
@@ -168,7 +161,7 @@ metric_baseline: mean                 # mean: removed features take their traini
 store:
   url: runs/audit-tabular
 shard_size: 16
-"""
+""".replace("{bases_and_controls}", P1_METHODS)
 TEXT_SPEC = """\
 # salaudit audit spec for text (salaudit init --kind text writes this file).
 # The embedded text default: 64 test sentences of builtin:sentiment (AFINN's lexicon words,
@@ -185,22 +178,7 @@ selection: {mode: random, n: 64, correct_only: false}
 seed: 0
 
 methods:
-  grad: {}
-  ig: {n_steps: 16}
-  smoothgrad: {n_samples: 10}
-  dance-grad: {}
-  dance-ig: {n_steps: 16}
-  dance-smoothgrad: {n_samples: 10}
-  constant-grad: {}
-  constant-ig: {n_steps: 16}
-  constant-smoothgrad: {n_samples: 10}
-  noise-grad: {}
-  noise-ig: {n_steps: 16}
-  noise-smoothgrad: {n_samples: 10}
-  dance-mean-grad: {}
-  dance-mean-ig: {n_steps: 16}
-  dance-mean-smoothgrad: {n_samples: 10}
-  relex: {}
+{bases_and_controls}  relex: {}
 decoys:                               # one token per mask: 2 x 16 optimised, 16 per control
   dance: {decoys: 32}
   constant: {decoys: 16}              # the dictionary's mean embedding in the mask
@@ -216,7 +194,7 @@ metric_baseline: mean                 # mean: removed tokens take the mean embed
 store:
   url: runs/audit-text
 shard_size: 16
-"""
+""".replace("{bases_and_controls}", P1_METHODS)
 SPECS = {"image": DEFAULT_SPEC, "tabular": TABULAR_SPEC, "text": TEXT_SPEC}  # init --kind
 
 
